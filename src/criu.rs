@@ -1,0 +1,233 @@
+//! [`Criu`]: which criu to run and how, and one-call requests that start a criu each.
+
+use std::path::PathBuf;
+
+use crate::codec::RequestKind;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::info::{Features, Version};
+use crate::notify::{Hooks, NoHooks};
+use crate::options::{CheckOptions, DumpOptions, PreDumpOptions, Prepared, RestoreOptions};
+use crate::outcome::{DumpOutcome, PreDumpOutcome, RestoreOutcome};
+use crate::session::{DEFAULT_GRACE, PreDumpLoop, Session};
+use crate::spawn;
+
+/// The entry point: which criu binary to run, with which limits.
+///
+/// Cheap to clone; holds no process. Each request method starts its own `criu swrk`
+/// (about 5 ms) and reaps it before returning, so many requests may run concurrently
+/// from one process. Use [`session`](Self::session) to ask several questions of one
+/// criu process.
+///
+/// All methods need a Tokio runtime (with the `process`, `net` and `time` drivers).
+///
+/// # Example
+/// ```no_run
+/// use criu_swrk::{Criu, DumpOptions, RestoreOptions};
+///
+/// # async fn run() -> criu_swrk::Result<()> {
+/// let criu = Criu::new();
+/// println!("criu {}", criu.version().await?);
+///
+/// let dumped = criu
+///     .dump(DumpOptions::new(4242).images_dir("/var/lib/ckpt/4242"))
+///     .await?;
+/// println!("frozen for {:?}", dumped.stats?.frozen_time);
+///
+/// let restored = criu
+///     .restore(RestoreOptions::new().images_dir("/var/lib/ckpt/4242"))
+///     .await?;
+/// println!("restored as pid {}", restored.pid);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Criu {
+    path: Option<PathBuf>,
+    grace: Duration,
+    timeout: Option<Duration>,
+}
+
+impl Default for Criu {
+    fn default() -> Self {
+        Criu {
+            path: None,
+            grace: DEFAULT_GRACE,
+            timeout: None,
+        }
+    }
+}
+
+impl Criu {
+    /// criu found through `$CRIU_BIN`, then `$PATH`, then `/usr/local/sbin` and
+    /// `/usr/sbin`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Run this criu binary (no fallback when it does not work).
+    pub fn with_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// How long criu gets to answer a rollback (or to exit) before it is killed.
+    /// Default: 30 s. A rollback waits for criu's next hook, which comes after the
+    /// step it is in (writing memory, for a dump), so keep this above that step's time.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// A timeout for requests whose options set none.
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The criu binary requests will run.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound) listing every place tried.
+    pub fn binary(&self) -> Result<PathBuf> {
+        spawn::locate(self.path.as_deref())
+    }
+
+    /// Starts a criu process for several requests.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound) or [`Error::Spawn`](crate::Error::Spawn).
+    pub fn session(&self) -> Result<Session> {
+        self.spawn_for(Vec::new())
+    }
+
+    fn spawn_for(&self, passed: Vec<std::os::fd::OwnedFd>) -> Result<Session> {
+        let path = self.binary()?;
+        let n = passed.len();
+        let (child, sock) = spawn::spawn(&path, passed)?;
+        Ok(Session::spawned(sock, child, n, self.grace, self.timeout))
+    }
+
+    /// A session for a prepared request: the fds it names in criu's table go there.
+    fn session_for(&self, p: &mut Prepared) -> Result<Session> {
+        self.spawn_for(std::mem::take(&mut p.passed))
+    }
+
+    /// criu's version.
+    ///
+    /// # Errors
+    /// As [`Session::version`], plus spawn errors.
+    pub async fn version(&self) -> Result<Version> {
+        let mut s = self.session()?;
+        let v = s.version().await;
+        s.close().await;
+        v
+    }
+
+    /// criu's findings on optional kernel features.
+    ///
+    /// # Errors
+    /// As [`Session::features`], plus spawn errors.
+    pub async fn features(&self) -> Result<Features> {
+        let mut s = self.session()?;
+        let f = s.features().await;
+        s.close().await;
+        f
+    }
+
+    /// `criu check` with default options.
+    ///
+    /// # Errors
+    /// As [`Session::check`], plus spawn errors.
+    pub async fn check(&self) -> Result<()> {
+        self.session()?.check(CheckOptions::new()).await
+    }
+
+    /// Dumps a tree; see [`Session::dump`] for errors, cancel safety and drop
+    /// behavior.
+    ///
+    /// # Errors
+    /// As [`Session::dump`], plus spawn errors.
+    pub async fn dump(&self, opts: DumpOptions) -> Result<DumpOutcome> {
+        self.dump_with(opts, &mut NoHooks).await
+    }
+
+    /// Dumps a tree, answering notifications with `hooks`; see
+    /// [`Session::dump_with`].
+    ///
+    /// # Errors
+    /// As [`Session::dump_with`], plus spawn errors.
+    pub async fn dump_with<H: Hooks>(
+        &self,
+        opts: DumpOptions,
+        hooks: &mut H,
+    ) -> Result<DumpOutcome> {
+        let mut p = opts.prepare()?;
+        self.session_for(&mut p)?.dump_prepared(p, hooks).await
+    }
+
+    /// Restores a tree; see [`Session::restore`].
+    ///
+    /// # Errors
+    /// As [`Session::restore`], plus spawn errors.
+    pub async fn restore(&self, opts: RestoreOptions) -> Result<RestoreOutcome> {
+        self.restore_with(opts, &mut NoHooks).await
+    }
+
+    /// Restores a tree with hooks; see [`Session::restore_with`].
+    ///
+    /// # Errors
+    /// As [`Session::restore_with`], plus spawn errors.
+    pub async fn restore_with<H: Hooks>(
+        &self,
+        opts: RestoreOptions,
+        hooks: &mut H,
+    ) -> Result<RestoreOutcome> {
+        let mut p = opts.prepare()?;
+        self.session_for(&mut p)?.restore_prepared(p, hooks).await
+    }
+
+    /// Starts the pre-dump loop; see [`Session::pre_dump`].
+    ///
+    /// # Errors
+    /// As [`Session::pre_dump`], plus spawn errors.
+    pub async fn pre_dump(&self, opts: PreDumpOptions) -> Result<PreDumpLoop> {
+        self.pre_dump_with(opts, &mut NoHooks).await.map(|(l, _)| l)
+    }
+
+    /// Starts the pre-dump loop with hooks; see [`Session::pre_dump_with`].
+    ///
+    /// # Errors
+    /// As [`Session::pre_dump_with`], plus spawn errors.
+    pub async fn pre_dump_with<H: Hooks>(
+        &self,
+        opts: PreDumpOptions,
+        hooks: &mut H,
+    ) -> Result<(PreDumpLoop, PreDumpOutcome)> {
+        let mut p = opts.prepare(RequestKind::PreDump)?;
+        self.session_for(&mut p)?.pre_dump_prepared(p, hooks).await
+    }
+
+    /// A single pre-dump; see [`Session::single_pre_dump`].
+    ///
+    /// # Errors
+    /// As [`Session::single_pre_dump`], plus spawn errors.
+    pub async fn single_pre_dump(&self, opts: PreDumpOptions) -> Result<PreDumpOutcome> {
+        self.single_pre_dump_with(opts, &mut NoHooks).await
+    }
+
+    /// A single pre-dump with hooks; see [`Session::single_pre_dump_with`].
+    ///
+    /// # Errors
+    /// As [`Session::single_pre_dump_with`], plus spawn errors.
+    pub async fn single_pre_dump_with<H: Hooks>(
+        &self,
+        opts: PreDumpOptions,
+        hooks: &mut H,
+    ) -> Result<PreDumpOutcome> {
+        let mut p = opts.prepare(RequestKind::SinglePreDump)?;
+        self.session_for(&mut p)?
+            .single_pre_dump_prepared(p, hooks)
+            .await
+    }
+}

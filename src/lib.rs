@@ -1,0 +1,94 @@
+//! Checkpoint and restore Linux processes with [CRIU](https://criu.org) from async Rust.
+//!
+//! `criu-swrk` drives criu in its RPC "swrk" mode: each request starts
+//! `criu swrk <fd>` with one end of a `SOCK_SEQPACKET` socketpair, sends one protobuf
+//! request, answers criu's notifications (its hooks), and reads the final response. No
+//! daemon, no command-line parsing, no fixed-size buffers.
+//!
+//! * [`Criu`]: which criu to run; one-call [`dump`](Criu::dump),
+//!   [`restore`](Criu::restore), [`pre_dump`](Criu::pre_dump), [`check`](Criu::check),
+//!   [`version`](Criu::version), [`features`](Criu::features).
+//! * [`Session`]: one criu process, for several keep-open queries and the pre-dump loop
+//!   ([`PreDumpLoop`]); [`Session::from_socket`] is the seam for fake peers.
+//! * [`DumpOptions`], [`RestoreOptions`], [`PreDumpOptions`], [`CheckOptions`]: typed
+//!   builders with criu's defaults and a raw escape hatch.
+//! * [`Notification`], [`Hooks`], [`Reply`], [`notify::channel`]: answer criu's hooks
+//!   with async code or through a stream.
+//! * [`Error`]: one error type; criu's refusals carry its message and its log's error
+//!   lines ([`Refusal`]).
+//!
+//! # Never losing the target
+//!
+//! Every request runs with criu's notifications on, so criu always stops at a hook
+//! before it commits. A dump that is dropped, times out, or hits an error of ours
+//! answers criu's next hook with failure: criu rolls back and the tree keeps running
+//! with its memory intact. criu is reaped on every path, and killed only when it stops
+//! answering for [`Criu::grace`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use criu_swrk::{Criu, DumpOptions, Notification, Reply, RestoreOptions};
+//!
+//! #[tokio::main]
+//! async fn main() -> criu_swrk::Result<()> {
+//!     let criu = Criu::new();
+//!     let version = criu.version().await?;
+//!     assert!(version.at_least(4, 0));
+//!
+//!     // Checkpoint pid 4242, recording the hooks criu passes through.
+//!     let mut hooks_seen = Vec::new();
+//!     let mut hooks = |n: Notification| {
+//!         hooks_seen.push(n.name().to_owned());
+//!         std::future::ready(Reply::ok())
+//!     };
+//!     let dump = DumpOptions::new(4242)
+//!         .images_dir("/var/lib/ckpt/4242")
+//!         .timeout(Duration::from_secs(60));
+//!     let dumped = criu.dump_with(dump, &mut hooks).await?;
+//!     println!("hooks: {hooks_seen:?}, stats: {:?}", dumped.stats);
+//!
+//!     // Bring it back.
+//!     let restored = criu
+//!         .restore(RestoreOptions::new().images_dir("/var/lib/ckpt/4242"))
+//!         .await?;
+//!     println!("running again as pid {}", restored.pid);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Requirements
+//!
+//! Linux, root (or the capabilities criu needs), criu 3.15 or later (4.x tested), and a
+//! Tokio runtime with the `process`, `net` and `time` drivers.
+#![warn(missing_docs)]
+
+mod codec;
+mod criu;
+mod error;
+mod info;
+mod log;
+pub mod notify;
+pub mod options;
+mod outcome;
+pub mod proto;
+mod session;
+mod spawn;
+pub mod stats;
+mod transport;
+#[doc(hidden)]
+pub mod workload;
+
+pub use codec::RequestKind;
+pub use criu::Criu;
+pub use error::{BoxError, Error, Refusal, Result};
+pub use info::{Features, Version};
+pub use notify::{Hooks, NoHooks, Notification, Reply};
+pub use options::{
+    CgroupMode, CheckOptions, DumpOptions, NetworkLock, PassFd, PreDumpMode, PreDumpOptions,
+    RestoreOptions,
+};
+pub use outcome::{DumpOutcome, PreDumpOutcome, RestoreOutcome};
+pub use session::{DEFAULT_GRACE, PreDumpLoop, Session};
+pub use stats::{DumpStats, RestoreStats};

@@ -1,0 +1,1064 @@
+//! Typed builders for the options of each request.
+//!
+//! Each builder starts from criu's own defaults, adds this crate's (a log file per
+//! request, log level 4), and catches contradictions before criu is started. Every
+//! `criu_opts` field without a typed setter is still reachable through `raw`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::codec::RequestKind;
+use crate::error::{Error, Result};
+use crate::proto::{
+    CgroupRoot, CriuCgMode, CriuNetworkLockMethod, CriuOpts, CriuPageServerInfo, CriuPreDumpMode,
+    InheritFd, JoinNamespace,
+};
+use crate::spawn::FIRST_PASSED_FD;
+
+/// The log level this crate asks for unless told otherwise: criu's debug level, so a
+/// failure's log says why.
+pub const DEFAULT_LOG_LEVEL: u8 = 4;
+
+/// An fd handed to criu: owned (moved in) or borrowed (duplicated on the spot).
+///
+/// Built with `From`: `OwnedFd`, `BorrowedFd`, `File`, `UnixStream`, `PipeReader`,
+/// `PipeWriter`, `TcpStream` all convert. A failed duplication of a borrowed fd is
+/// reported when the request starts.
+#[derive(Debug)]
+pub struct PassFd(io::Result<OwnedFd>);
+
+impl PassFd {
+    fn into_owned(self, what: &str) -> Result<OwnedFd> {
+        self.0
+            .map_err(|e| Error::io(format!("duplicating the fd for {what}"), e))
+    }
+}
+
+impl From<OwnedFd> for PassFd {
+    fn from(fd: OwnedFd) -> Self {
+        PassFd(Ok(fd))
+    }
+}
+impl From<BorrowedFd<'_>> for PassFd {
+    fn from(fd: BorrowedFd<'_>) -> Self {
+        PassFd(fd.try_clone_to_owned())
+    }
+}
+macro_rules! pass_fd_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for PassFd {
+            fn from(v: $t) -> Self { PassFd(Ok(OwnedFd::from(v))) }
+        }
+    )*};
+}
+pass_fd_from!(
+    File,
+    std::os::unix::net::UnixStream,
+    std::net::TcpStream,
+    std::io::PipeReader,
+    std::io::PipeWriter
+);
+
+/// How criu treats cgroups (`manage_cgroups_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CgroupMode {
+    /// Leave cgroups alone.
+    Ignore,
+    /// Dump/restore no cgroup properties.
+    None,
+    /// Only properties.
+    Props,
+    /// Restore properties where the cgroup does not exist yet (criu's usual default).
+    Soft,
+    /// Restore everything, overwriting existing cgroups.
+    Full,
+    /// Like full, failing on mismatches.
+    Strict,
+    /// criu's compiled-in default.
+    Default,
+}
+
+impl CgroupMode {
+    fn wire(self) -> CriuCgMode {
+        match self {
+            CgroupMode::Ignore => CriuCgMode::Ignore,
+            CgroupMode::None => CriuCgMode::CgNone,
+            CgroupMode::Props => CriuCgMode::Props,
+            CgroupMode::Soft => CriuCgMode::Soft,
+            CgroupMode::Full => CriuCgMode::Full,
+            CgroupMode::Strict => CriuCgMode::Strict,
+            CgroupMode::Default => CriuCgMode::Default,
+        }
+    }
+}
+
+/// How criu locks the network of a dumped tree (`network_lock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetworkLock {
+    /// iptables rules (criu's default).
+    Iptables,
+    /// nftables rules.
+    Nftables,
+    /// Do not lock; the caller does it (e.g. in the `network-lock` hook).
+    Skip,
+}
+
+/// How a pre-dump reads memory (`pre_dump_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PreDumpMode {
+    /// vmsplice pages into pipes (criu's default; the tree is frozen longer).
+    Splice,
+    /// process_vm_readv: shorter freeze.
+    VmRead,
+}
+
+#[derive(Debug)]
+enum Dir {
+    Path(PathBuf),
+    Fd(PassFd),
+}
+
+type RawEdit = Box<dyn FnOnce(&mut CriuOpts) + Send>;
+
+/// State shared by every builder.
+#[derive(Default)]
+struct Common {
+    opts: CriuOpts,
+    pid: Option<i32>,
+    images: Option<Dir>,
+    work: Option<Dir>,
+    log_file: Option<String>,
+    inherit: Vec<(String, PassFd)>,
+    page_server_fd: Option<PassFd>,
+    status_fd: Option<PassFd>,
+    pidfd_store: Option<PassFd>,
+    timeout: Option<Duration>,
+    raw: Vec<RawEdit>,
+}
+
+impl std::fmt::Debug for Common {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("opts", &self.opts)
+            .field("pid", &self.pid)
+            .field("images", &self.images)
+            .field("work", &self.work)
+            .field("log_file", &self.log_file)
+            .field("inherit", &self.inherit)
+            .field("timeout", &self.timeout)
+            .field("raw_edits", &self.raw.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request ready to send: the message, the fds criu must inherit, and the fds of
+/// ours it refers to by number (held open until criu answers).
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) kind: RequestKind,
+    pub(crate) opts: CriuOpts,
+    /// Mapped into criu's table at `FIRST_PASSED_FD`, `FIRST_PASSED_FD + 1`, ...
+    pub(crate) passed: Vec<OwnedFd>,
+    /// How many fds the request names in criu's table (stays when `passed` is taken).
+    pub(crate) passed_count: usize,
+    /// Ours, referred to by number (`images_dir_fd`, `work_dir_fd`, `status_fd`):
+    /// criu opens them through `/proc/<our pid>/fd`, so they stay open as long as the
+    /// request does.
+    #[allow(dead_code)]
+    pub(crate) held: Vec<OwnedFd>,
+    /// Where criu writes its log and stats (its work dir), resolved to a real path.
+    pub(crate) work_dir: Option<PathBuf>,
+    /// The images directory, resolved.
+    pub(crate) images_dir: Option<PathBuf>,
+    /// The log file's name inside `work_dir`.
+    pub(crate) log_file: Option<String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) pid: Option<i32>,
+}
+
+impl Prepared {
+    /// The full path of criu's log for this request, when it goes to a file.
+    pub(crate) fn log_path(&self) -> Option<PathBuf> {
+        Some(self.work_dir.as_ref()?.join(self.log_file.as_ref()?))
+    }
+}
+
+impl Common {
+    fn prepare(mut self, kind: RequestKind, default_log: Option<&str>) -> Result<Prepared> {
+        let mut held = Vec::new();
+        let mut passed = Vec::new();
+        let mut opts = std::mem::take(&mut self.opts);
+
+        if let Some(pid) = self.pid {
+            if pid <= 0 {
+                return Err(Error::invalid("pid", format!("{pid} is not a process id")));
+            }
+            if pid as u32 == std::process::id() {
+                return Err(Error::invalid(
+                    "pid",
+                    format!(
+                        "{pid} is this process: criu would freeze the process that has to \
+                         answer it"
+                    ),
+                ));
+            }
+            opts.pid = Some(pid);
+        }
+
+        let writes_images = matches!(
+            kind,
+            RequestKind::Dump | RequestKind::PreDump | RequestKind::SinglePreDump
+        );
+        let needs_images = writes_images || kind == RequestKind::Restore;
+        let images_dir = match self.images.take() {
+            Some(dir) => {
+                let (fd, path) = open_dir(dir, "images_dir", writes_images)?;
+                if kind == RequestKind::Restore {
+                    let inventory = path.join("inventory.img");
+                    if !inventory.exists() {
+                        return Err(Error::invalid(
+                            "images_dir",
+                            format!("{} holds no criu images (no inventory.img)", path.display()),
+                        ));
+                    }
+                }
+                opts.images_dir_fd = fd.as_raw_fd();
+                held.push(fd);
+                Some(path)
+            }
+            None if needs_images => {
+                return Err(Error::invalid(
+                    "images_dir",
+                    format!("a {kind} request needs an images directory"),
+                ));
+            }
+            None => None,
+        };
+        let work_dir = match self.work.take() {
+            Some(dir) => {
+                let (fd, path) = open_dir(dir, "work_dir", true)?;
+                opts.work_dir_fd = Some(fd.as_raw_fd());
+                held.push(fd);
+                Some(path)
+            }
+            None => images_dir.clone(),
+        };
+
+        let log_to_stderr = opts.log_to_stderr == Some(true);
+        let log_file = match self.log_file.take() {
+            Some(name) => Some(name),
+            None if log_to_stderr => None,
+            None if work_dir.is_some() => default_log.map(str::to_owned),
+            None => None,
+        };
+        if let Some(name) = &log_file {
+            if name.contains('/') {
+                return Err(Error::invalid(
+                    "log_file",
+                    format!(
+                        "criu takes a bare file name, not '{name}': put the directory in \
+                         work_dir"
+                    ),
+                ));
+            }
+            if name.is_empty() || name == "." || name == ".." {
+                return Err(Error::invalid(
+                    "log_file",
+                    format!("'{name}' is not a file name"),
+                ));
+            }
+            if work_dir.is_none() {
+                return Err(Error::invalid(
+                    "log_file",
+                    "a log file needs a work_dir (or images_dir) to live in",
+                ));
+            }
+            if log_to_stderr {
+                return Err(Error::invalid(
+                    "log_file",
+                    "log_file and log_to_stderr exclude each other",
+                ));
+            }
+            opts.log_file = Some(name.clone());
+        }
+        if opts.log_level.is_none() {
+            opts.log_level = Some(i32::from(DEFAULT_LOG_LEVEL));
+        }
+
+        for (key, fd) in self.inherit {
+            if key.is_empty() {
+                return Err(Error::invalid("inherit_fd", "an empty key"));
+            }
+            let fd = fd.into_owned(&format!("inherit_fd {key}"))?;
+            opts.inherit_fd.push(InheritFd {
+                key,
+                fd: FIRST_PASSED_FD + passed.len() as i32,
+            });
+            passed.push(fd);
+        }
+        if let Some(fd) = self.page_server_fd {
+            let fd = fd.into_owned("page_server_fd")?;
+            opts.ps.get_or_insert_with(Default::default).fd =
+                Some(FIRST_PASSED_FD + passed.len() as i32);
+            passed.push(fd);
+        }
+        if let Some(fd) = self.status_fd {
+            let fd = fd.into_owned("status_fd")?;
+            opts.status_fd = Some(fd.as_raw_fd());
+            held.push(fd);
+        }
+        if let Some(fd) = self.pidfd_store {
+            let fd = fd.into_owned("pidfd_store")?;
+            opts.pidfd_store_sk = Some(fd.as_raw_fd());
+            held.push(fd);
+        }
+
+        if opts.leave_running == Some(true) && opts.leave_stopped == Some(true) {
+            return Err(Error::invalid(
+                "leave_stopped",
+                "leave_running and leave_stopped exclude each other",
+            ));
+        }
+        if opts.lazy_pages == Some(true) && kind == RequestKind::PreDump {
+            return Err(Error::invalid("lazy_pages", "a pre-dump cannot be lazy"));
+        }
+        if opts
+            .empty_ns
+            .is_some_and(|ns| ns & !(nix::libc::CLONE_NEWNET as u32) != 0)
+        {
+            return Err(Error::invalid(
+                "empty_ns",
+                "criu accepts only CLONE_NEWNET in empty_ns",
+            ));
+        }
+
+        for edit in self.raw {
+            edit(&mut opts);
+        }
+        // Every request gets a rollback point: criu only stops at hooks when asked to.
+        opts.notify_scripts = Some(true);
+
+        Ok(Prepared {
+            kind,
+            opts,
+            passed_count: passed.len(),
+            passed,
+            held,
+            work_dir,
+            images_dir,
+            log_file,
+            timeout: self.timeout,
+            pid: self.pid,
+        })
+    }
+}
+
+/// Opens a directory given as a path or fd; returns the fd and its real path.
+fn open_dir(dir: Dir, option: &'static str, writable: bool) -> Result<(OwnedFd, PathBuf)> {
+    let (fd, path) = match dir {
+        Dir::Path(path) => {
+            let meta = std::fs::metadata(&path)
+                .map_err(|e| Error::invalid(option, format!("{}: {e}", path.display())))?;
+            if !meta.is_dir() {
+                return Err(Error::invalid(
+                    option,
+                    format!("{} is not a directory", path.display()),
+                ));
+            }
+            let file = File::open(&path)
+                .map_err(|e| Error::invalid(option, format!("{}: {e}", path.display())))?;
+            let real = std::fs::canonicalize(&path).unwrap_or(path);
+            (OwnedFd::from(file), real)
+        }
+        Dir::Fd(fd) => {
+            let fd = fd.into_owned(option)?;
+            let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            let real = std::fs::read_link(&link).unwrap_or(link);
+            let meta = nix::sys::stat::fstat(&fd)
+                .map_err(|e| Error::invalid(option, format!("fd {}: {e}", fd.as_raw_fd())))?;
+            if meta.st_mode & nix::libc::S_IFMT != nix::libc::S_IFDIR {
+                return Err(Error::invalid(
+                    option,
+                    format!(
+                        "fd {} ({}) is not a directory",
+                        fd.as_raw_fd(),
+                        real.display()
+                    ),
+                ));
+            }
+            (fd, real)
+        }
+    };
+    if writable {
+        let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        if let Err(e) = nix::unistd::access(Path::new(&proc_path), nix::unistd::AccessFlags::W_OK) {
+            return Err(Error::invalid(
+                option,
+                format!("{} is not writable: {}", path.display(), e.desc()),
+            ));
+        }
+    }
+    Ok((fd, path))
+}
+
+// ----- setters shared by the builders -----
+
+macro_rules! flag {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub fn $name(mut self, on: bool) -> Self {
+            self.c.opts.$name = Some(on);
+            self
+        }
+    };
+}
+
+/// Setters every builder has: where images, work dir and log go, our timeout, raw edits.
+macro_rules! base_setters {
+    () => {
+        /// The images directory, by path. criu reads or writes its images there; it is
+        /// also the work directory (log, stats) unless [`work_dir`](Self::work_dir) is set.
+        pub fn images_dir(mut self, path: impl Into<PathBuf>) -> Self {
+            self.c.images = Some(Dir::Path(path.into()));
+            self
+        }
+
+        /// The images directory, as an open directory fd (kept open until criu answers).
+        pub fn images_dir_fd(mut self, fd: impl Into<PassFd>) -> Self {
+            self.c.images = Some(Dir::Fd(fd.into()));
+            self
+        }
+
+        /// Where criu writes its log and stats (default: the images directory).
+        pub fn work_dir(mut self, path: impl Into<PathBuf>) -> Self {
+            self.c.work = Some(Dir::Path(path.into()));
+            self
+        }
+
+        /// The work directory as an open directory fd.
+        pub fn work_dir_fd(mut self, fd: impl Into<PassFd>) -> Self {
+            self.c.work = Some(Dir::Fd(fd.into()));
+            self
+        }
+
+        /// The log file's name inside the work directory (no `/`). The default depends
+        /// on the request: `dump.log`, `pre-dump.log`, `restore.log`.
+        pub fn log_file(mut self, name: impl Into<String>) -> Self {
+            self.c.log_file = Some(name.into());
+            self
+        }
+
+        /// criu's log level, 0 (nothing) to 4 (debug). Default:
+        /// [`DEFAULT_LOG_LEVEL`](crate::options::DEFAULT_LOG_LEVEL).
+        pub fn log_level(mut self, level: u8) -> Self {
+            self.c.opts.log_level = Some(i32::from(level));
+            self
+        }
+
+        flag!(
+            /// Log to criu's stderr instead of a file (criu 3.17+). This crate keeps the
+            /// last lines for error messages and emits them as `tracing` debug events.
+            log_to_stderr
+        );
+
+        /// Our own limit for the whole request. When it elapses the request is rolled
+        /// back (criu answers its next hook with failure) and the call fails with
+        /// [`Error::Timeout`]. Not criu's `--timeout`: see `freeze_timeout`.
+        pub fn timeout(mut self, timeout: Duration) -> Self {
+            self.c.timeout = Some(timeout);
+            self
+        }
+
+        /// Edits the raw `criu_opts` message just before it is sent, for fields without
+        /// a typed setter. Runs after validation; `notify_scripts` stays on.
+        pub fn raw(mut self, edit: impl FnOnce(&mut CriuOpts) + Send + 'static) -> Self {
+            self.c.raw.push(Box::new(edit));
+            self
+        }
+    };
+}
+
+/// Setters of requests that act on a process tree (dump, pre-dump, restore).
+macro_rules! tree_setters {
+    () => {
+        flag!(
+            /// The tree is a shell job: its session or process group leader is outside
+            /// it, or it has a controlling terminal.
+            shell_job
+        );
+        flag!(
+            /// Allow external unix sockets (peers outside the tree).
+            ext_unix_sk
+        );
+        flag!(
+            /// Dump/restore established TCP connections (`--tcp-established`).
+            tcp_established
+        );
+        flag!(
+            /// Close established TCP connections instead of restoring them.
+            tcp_close
+        );
+        flag!(
+            /// Handle file locks.
+            file_locks
+        );
+        flag!(
+            /// Allow link-remap of deleted-but-open files.
+            link_remap
+        );
+        flag!(
+            /// Allow device files criu cannot resolve (`--evasive-devices`).
+            evasive_devices
+        );
+        flag!(
+            /// Detect external mounts automatically.
+            auto_ext_mnt
+        );
+        flag!(
+            /// Allow external mounts with shared propagation.
+            ext_sharing
+        );
+        flag!(
+            /// Allow external mounts with master propagation.
+            ext_masters
+        );
+        flag!(
+            /// Deduplicate pages against parent images.
+            auto_dedup
+        );
+        flag!(
+            /// Leave the tree stopped (SIGSTOP) after the dump or restore (criu 3.15+).
+            leave_stopped
+        );
+        flag!(
+            /// Post-copy: leave memory for a lazy-pages daemon (see criu's docs).
+            lazy_pages
+        );
+        flag!(
+            /// Print statistics in the log (criu 3.16+).
+            display_stats
+        );
+        flag!(
+            /// Run criu's checks as an unprivileged user (criu 3.18+).
+            unprivileged
+        );
+        flag!(
+            /// Skip the file rwx access check (criu 3.17+).
+            skip_file_rwx_check
+        );
+        flag!(
+            /// Use TLS for page-server connections (criu 3.13+).
+            tls
+        );
+        flag!(
+            /// Do not verify the TLS peer's common name.
+            tls_no_cn_verify
+        );
+
+        /// Declares an external resource (criu's `--external`, e.g. `mnt[/x]:key`,
+        /// `file[inode]`, `net[inode]:name`). Repeatable.
+        pub fn external(mut self, spec: impl Into<String>) -> Self {
+            self.c.opts.external.push(spec.into());
+            self
+        }
+
+        /// How cgroups are handled.
+        pub fn manage_cgroups(mut self, mode: CgroupMode) -> Self {
+            self.c.opts.manage_cgroups_mode = Some(mode.wire() as i32);
+            self
+        }
+
+        /// How the network is locked.
+        pub fn network_lock(mut self, method: NetworkLock) -> Self {
+            self.c.opts.network_lock = Some(match method {
+                NetworkLock::Iptables => CriuNetworkLockMethod::Iptables,
+                NetworkLock::Nftables => CriuNetworkLockMethod::Nftables,
+                NetworkLock::Skip => CriuNetworkLockMethod::Skip,
+            } as i32);
+            self
+        }
+
+        /// Mounts of this file system type may be dumped/restored as-is. Repeatable.
+        pub fn enable_fs(mut self, fs: impl Into<String>) -> Self {
+            self.c.opts.enable_fs.push(fs.into());
+            self
+        }
+
+        /// Skip this mount point. Repeatable.
+        pub fn skip_mnt(mut self, path: impl Into<String>) -> Self {
+            self.c.opts.skip_mnt.push(path.into());
+            self
+        }
+
+        /// Largest ghost (deleted) file criu copies into the images, in bytes
+        /// (criu's default: 1 MiB).
+        pub fn ghost_limit(mut self, bytes: u32) -> Self {
+            self.c.opts.ghost_limit = Some(bytes);
+            self
+        }
+
+        /// CPU capabilities to check (criu's `--cpu-cap` bit mask).
+        pub fn cpu_cap(mut self, mask: u32) -> Self {
+            self.c.opts.cpu_cap = Some(mask);
+            self
+        }
+
+        /// criu's own `--timeout` (seconds) for freezing/seizing the tree.
+        pub fn freeze_timeout(mut self, secs: u32) -> Self {
+            self.c.opts.timeout = Some(secs);
+            self
+        }
+
+        /// criu's configuration file for this request (`--config`); its settings
+        /// override RPC settings.
+        pub fn config_file(mut self, path: impl Into<String>) -> Self {
+            self.c.opts.config_file = Some(path.into());
+            self
+        }
+
+        /// A cgroup yard: where criu mounts cgroup controllers (criu 3.15+).
+        pub fn cgroup_yard(mut self, path: impl Into<String>) -> Self {
+            self.c.opts.cgroup_yard = Some(path.into());
+            self
+        }
+
+        /// TLS CA certificate file.
+        pub fn tls_cacert(mut self, path: impl Into<String>) -> Self {
+            self.c.opts.tls_cacert = Some(path.into());
+            self
+        }
+
+        /// TLS certificate revocation list.
+        pub fn tls_cacrl(mut self, path: impl Into<String>) -> Self {
+            self.c.opts.tls_cacrl = Some(path.into());
+            self
+        }
+
+        /// TLS certificate file.
+        pub fn tls_cert(mut self, path: impl Into<String>) -> Self {
+            self.c.opts.tls_cert = Some(path.into());
+            self
+        }
+
+        /// TLS private key file.
+        pub fn tls_key(mut self, path: impl Into<String>) -> Self {
+            self.c.opts.tls_key = Some(path.into());
+            self
+        }
+    };
+}
+
+/// Setters of requests that freeze and read a tree (dump, pre-dump).
+macro_rules! dump_setters {
+    () => {
+        flag!(
+            /// Keep the tree running after the dump (otherwise criu kills it once the
+            /// `post-dump` hook agreed).
+            leave_running
+        );
+        flag!(
+            /// Track memory changes for later incremental dumps (needs soft-dirty).
+            track_mem
+        );
+        flag!(
+            /// Skip in-flight TCP connections (criu 3.12+).
+            tcp_skip_in_flight
+        );
+        flag!(
+            /// Resolve inotify watch paths by scanning, not by handles.
+            force_irmap
+        );
+
+        /// The parent images (a previous pre-dump), relative to the images directory,
+        /// e.g. `../1`.
+        pub fn parent_images(mut self, rel: impl Into<String>) -> Self {
+            self.c.opts.parent_img = Some(rel.into());
+            self
+        }
+
+        /// Freeze the tree with this freezer cgroup instead of ptrace-stopping tasks.
+        pub fn freeze_cgroup(mut self, path: impl Into<String>) -> Self {
+            self.c.opts.freeze_cgroup = Some(path.into());
+            self
+        }
+
+        /// Dump only these cgroup controllers. Repeatable.
+        pub fn cgroup_dump_controller(mut self, name: impl Into<String>) -> Self {
+            self.c.opts.cgroup_dump_controller.push(name.into());
+            self
+        }
+
+        /// Where to look for inotify watch paths. Repeatable.
+        pub fn irmap_scan_path(mut self, path: impl Into<String>) -> Self {
+            self.c.opts.irmap_scan_paths.push(path.into());
+            self
+        }
+
+        /// Send memory pages to a page server instead of writing them locally.
+        pub fn page_server(mut self, address: impl Into<String>, port: u16) -> Self {
+            let ps = self.c.opts.ps.get_or_insert_with(Default::default);
+            ps.address = Some(address.into());
+            ps.port = Some(i32::from(port));
+            self
+        }
+
+        /// Send memory pages over this connected socket (passed to criu).
+        pub fn page_server_fd(mut self, fd: impl Into<PassFd>) -> Self {
+            self.c.opts.ps.get_or_insert_with(CriuPageServerInfo::default);
+            self.c.page_server_fd = Some(fd.into());
+            self
+        }
+
+        /// A unix socket fd of ours where criu keeps pidfds across pre-dump
+        /// iterations, to detect pid reuse (criu 3.16+).
+        pub fn pidfd_store(mut self, fd: impl Into<PassFd>) -> Self {
+            self.c.pidfd_store = Some(fd.into());
+            self
+        }
+    };
+}
+
+/// Options of a dump (`criu dump`).
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use criu_swrk::DumpOptions;
+///
+/// let opts = DumpOptions::new(4242)
+///     .images_dir("/var/lib/checkpoints/4242")
+///     .leave_running(true)
+///     .tcp_established(true)
+///     .timeout(Duration::from_secs(30));
+/// # let _ = opts;
+/// ```
+#[derive(Debug)]
+pub struct DumpOptions {
+    c: Common,
+}
+
+impl DumpOptions {
+    /// Options to dump the tree rooted at `pid`.
+    pub fn new(pid: i32) -> Self {
+        DumpOptions {
+            c: Common {
+                pid: Some(pid),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The pid to dump.
+    pub fn pid(&self) -> i32 {
+        self.c.pid.unwrap_or_default()
+    }
+
+    /// Our timeout, when set.
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.c.timeout
+    }
+
+    base_setters!();
+    tree_setters!();
+    dump_setters!();
+
+    pub(crate) fn prepare(self) -> Result<Prepared> {
+        self.c.prepare(RequestKind::Dump, Some("dump.log"))
+    }
+}
+
+/// Options of one pre-dump (an iteration of the pre-dump loop, or a single pre-dump).
+///
+/// Each iteration writes to its own images directory; the next one names it with
+/// [`parent_images`](Self::parent_images).
+#[derive(Debug)]
+pub struct PreDumpOptions {
+    c: Common,
+}
+
+impl PreDumpOptions {
+    /// Options to pre-dump the tree rooted at `pid`.
+    pub fn new(pid: i32) -> Self {
+        PreDumpOptions {
+            c: Common {
+                pid: Some(pid),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// How memory is read.
+    pub fn pre_dump_mode(mut self, mode: PreDumpMode) -> Self {
+        self.c.opts.pre_dump_mode = Some(match mode {
+            PreDumpMode::Splice => CriuPreDumpMode::Splice,
+            PreDumpMode::VmRead => CriuPreDumpMode::VmRead,
+        } as i32);
+        self
+    }
+
+    base_setters!();
+    tree_setters!();
+    dump_setters!();
+
+    pub(crate) fn prepare(self, kind: RequestKind) -> Result<Prepared> {
+        self.c.prepare(kind, Some("pre-dump.log"))
+    }
+}
+
+/// Options of a restore (`criu restore`). criu always restores detached over RPC.
+///
+/// # Example
+/// ```
+/// use criu_swrk::RestoreOptions;
+///
+/// let opts = RestoreOptions::new()
+///     .images_dir("/var/lib/checkpoints/4242")
+///     .tcp_established(true);
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Default)]
+pub struct RestoreOptions {
+    c: Common,
+}
+
+impl RestoreOptions {
+    /// Default restore options; set at least the images directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    base_setters!();
+    tree_setters!();
+
+    flag!(
+        /// Restore the tree as a sibling of criu, i.e. as our child: we can then wait
+        /// for it (and must reap it).
+        rst_sibling
+    );
+    flag!(
+        /// Hand the master of a restored tty whose master was not dumped to the
+        /// `orphan-pts-master` hook (criu 3.15+).
+        orphan_pts_master
+    );
+    flag!(
+        /// Apply sysctls that fail to apply only as warnings.
+        weak_sysctls
+    );
+    flag!(
+        /// Restore mount namespaces the pre-4.0 way.
+        mntns_compat_mode
+    );
+
+    /// The root directory to restore the tree under.
+    pub fn root(mut self, path: impl Into<String>) -> Self {
+        self.c.opts.root = Some(path.into());
+        self
+    }
+
+    /// Give the restored tree this fd for the resource named `key` in the images
+    /// (criu's `--inherit-fd fd[N]:key`, e.g. `pipe:[12345]`). The fd is mapped into
+    /// criu's fd table at the number criu is told.
+    pub fn inherit_fd(mut self, key: impl Into<String>, fd: impl Into<PassFd>) -> Self {
+        self.c.inherit.push((key.into(), fd.into()));
+        self
+    }
+
+    /// An fd of ours criu writes one byte to when the restore is ready (obsoleted by
+    /// the `status-ready` hook, kept for old peers).
+    pub fn status_fd(mut self, fd: impl Into<PassFd>) -> Self {
+        self.c.status_fd = Some(fd.into());
+        self
+    }
+
+    /// Put the cgroups of controller `ctrl` (all, when `None`) under `path`.
+    pub fn cgroup_root(mut self, ctrl: Option<&str>, path: impl Into<String>) -> Self {
+        self.c.opts.cg_root.push(CgroupRoot {
+            ctrl: ctrl.map(str::to_owned),
+            path: path.into(),
+        });
+        self
+    }
+
+    /// Cgroup properties to apply, in criu's YAML format.
+    pub fn cgroup_props(mut self, yaml: impl Into<String>) -> Self {
+        self.c.opts.cgroup_props = Some(yaml.into());
+        self
+    }
+
+    /// A file with cgroup properties to apply.
+    pub fn cgroup_props_file(mut self, path: impl Into<String>) -> Self {
+        self.c.opts.cgroup_props_file = Some(path.into());
+        self
+    }
+
+    /// Join an existing namespace instead of creating one: `ns` is `net`, `ipc`,
+    /// `uts`, ... and `ns_file` a `/proc/<pid>/ns/<ns>` path or a pid.
+    pub fn join_ns(mut self, ns: impl Into<String>, ns_file: impl Into<String>) -> Self {
+        self.c.opts.join_ns.push(JoinNamespace {
+            ns: ns.into(),
+            ns_file: ns_file.into(),
+            extra_opt: None,
+        });
+        self
+    }
+
+    /// Namespaces to create empty (criu accepts only `CLONE_NEWNET`).
+    pub fn empty_ns(mut self, clone_flags: u32) -> Self {
+        self.c.opts.empty_ns = Some(clone_flags);
+        self
+    }
+
+    /// Run this command after a successful restore, in criu's place.
+    pub fn exec_cmd<I, S>(mut self, argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.c.opts.exec_cmd = argv.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The LSM profile to restore the tree with (e.g. `apparmor:name`).
+    pub fn lsm_profile(mut self, profile: impl Into<String>) -> Self {
+        self.c.opts.lsm_profile = Some(profile.into());
+        self
+    }
+
+    /// The LSM mount context (SELinux) for restored mounts (criu 3.16+).
+    pub fn lsm_mount_context(mut self, ctx: impl Into<String>) -> Self {
+        self.c.opts.lsm_mount_context = Some(ctx.into());
+        self
+    }
+
+    pub(crate) fn prepare(self) -> Result<Prepared> {
+        self.c.prepare(RequestKind::Restore, Some("restore.log"))
+    }
+}
+
+/// Options of requests that act on no tree: `check`, `cpuinfo`. All optional.
+#[derive(Debug, Default)]
+pub struct CheckOptions {
+    c: Common,
+}
+
+impl CheckOptions {
+    /// Defaults: no log file (criu logs to stderr, which this crate keeps).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    base_setters!();
+
+    pub(crate) fn prepare(self, kind: RequestKind) -> Result<Prepared> {
+        let default_log = match kind {
+            RequestKind::CpuinfoDump | RequestKind::CpuinfoCheck => Some("cpuinfo.log"),
+            _ => None,
+        };
+        self.c.prepare(kind, default_log)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_file_with_a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = DumpOptions::new(12345)
+            .images_dir(dir.path())
+            .log_file("logs/dump.log")
+            .prepare()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidOptions {
+                    option: "log_file",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("logs/dump.log"));
+    }
+
+    #[test]
+    fn dump_without_images_dir_is_refused() {
+        let err = DumpOptions::new(12345).prepare().unwrap_err();
+        assert!(err.to_string().contains("images directory"), "{err}");
+    }
+
+    #[test]
+    fn dumping_ourselves_is_refused() {
+        let err = DumpOptions::new(std::process::id() as i32)
+            .prepare()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidOptions { option: "pid", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn restore_from_a_dir_without_images_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = RestoreOptions::new()
+            .images_dir(dir.path())
+            .prepare()
+            .unwrap_err();
+        assert!(err.to_string().contains("inventory.img"), "{err}");
+    }
+
+    #[test]
+    fn missing_images_dir_names_the_path() {
+        let err = DumpOptions::new(12345)
+            .images_dir("/nonexistent/criu-swrk")
+            .prepare()
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/criu-swrk"), "{err}");
+    }
+
+    #[test]
+    fn defaults_and_fd_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, _w) = std::io::pipe().unwrap();
+        std::fs::write(dir.path().join("inventory.img"), b"").unwrap();
+        let p = RestoreOptions::new()
+            .images_dir(dir.path())
+            .inherit_fd("pipe:[1]", r)
+            .prepare()
+            .unwrap();
+        assert_eq!(p.opts.notify_scripts, Some(true));
+        assert_eq!(p.opts.log_file.as_deref(), Some("restore.log"));
+        assert_eq!(p.opts.log_level, Some(4));
+        assert_eq!(p.opts.inherit_fd[0].fd, FIRST_PASSED_FD);
+        assert_eq!(p.passed.len(), 1);
+        assert_eq!(p.held.len(), 1);
+        assert_eq!(p.opts.images_dir_fd, p.held[0].as_raw_fd());
+        assert_eq!(
+            p.log_path().unwrap(),
+            std::fs::canonicalize(dir.path())
+                .unwrap()
+                .join("restore.log")
+        );
+    }
+
+    #[test]
+    fn raw_edits_apply_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = DumpOptions::new(12345)
+            .images_dir(dir.path())
+            .ghost_limit(7)
+            .raw(|o| o.ghost_limit = Some(9))
+            .prepare()
+            .unwrap();
+        assert_eq!(p.opts.ghost_limit, Some(9));
+    }
+}

@@ -1,0 +1,50 @@
+//! What a successful request returns.
+
+use std::path::PathBuf;
+
+use crate::error::Error;
+use crate::stats::{DumpStats, RestoreStats};
+
+/// A finished dump.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DumpOutcome {
+    /// The dumped tree's root pid.
+    pub pid: i32,
+    /// Where the images are.
+    pub images_dir: Option<PathBuf>,
+    /// criu's log of the dump.
+    pub log: Option<PathBuf>,
+    /// criu's `stats-dump`. An error here does not undo the dump: the images are
+    /// complete; only the stats could not be read.
+    pub stats: Result<DumpStats, Error>,
+}
+
+/// A finished pre-dump (one iteration, or a single pre-dump).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct PreDumpOutcome {
+    /// The pre-dumped tree's root pid (still running).
+    pub pid: i32,
+    /// Where this iteration's images are.
+    pub images_dir: Option<PathBuf>,
+    /// criu's log of this iteration.
+    pub log: Option<PathBuf>,
+    /// criu's `stats-dump` for this iteration.
+    pub stats: Result<DumpStats, Error>,
+}
+
+/// A finished restore.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RestoreOutcome {
+    /// The restored root's pid, as criu reports it (in criu's pid namespace, which is
+    /// ours).
+    pub pid: i32,
+    /// The images restored from.
+    pub images_dir: Option<PathBuf>,
+    /// criu's log of the restore.
+    pub log: Option<PathBuf>,
+    /// criu's `stats-restore`.
+    pub stats: Result<RestoreStats, Error>,
+}

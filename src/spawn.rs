@@ -1,0 +1,291 @@
+//! Finding criu, starting `criu swrk`, and supervising the child until it is reaped.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use command_fds::{CommandFdExt, FdMapping};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
+use tokio_seqpacket::UnixSeqpacket;
+
+use crate::error::{Error, Result};
+
+/// The fd number of the RPC socket in criu's table.
+pub(crate) const SOCKET_FD: RawFd = 3;
+/// The first fd number handed to fds passed to criu on purpose (`inherit_fd`, `ps.fd`).
+pub(crate) const FIRST_PASSED_FD: RawFd = 4;
+
+/// How much of criu's stderr is kept for error messages.
+const STDERR_TAIL_BYTES: usize = 8 * 1024;
+
+/// Resolves the criu binary: `explicit`, else `$CRIU_BIN`, else `criu` on `$PATH`, else
+/// the usual sbin directories (which a non-root `$PATH` often lacks).
+///
+/// An explicit path or `$CRIU_BIN` that does not work is an error, not a reason to fall
+/// back: the caller asked for that binary.
+pub(crate) fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
+    let mut tried = Vec::new();
+    if let Some(p) = explicit {
+        return check_candidate(p, &mut tried).ok_or(Error::NotFound { tried });
+    }
+    if let Some(env) = std::env::var_os("CRIU_BIN").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(env);
+        return check_candidate(&p, &mut tried).ok_or_else(|| {
+            tried[0].1.push_str(" [from CRIU_BIN]");
+            Error::NotFound { tried }
+        });
+    }
+    let path_var = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+    let dirs = std::env::split_paths(&path_var)
+        .chain([PathBuf::from("/usr/local/sbin"), PathBuf::from("/usr/sbin")]);
+    let mut seen = Vec::new();
+    for dir in dirs {
+        if dir.as_os_str().is_empty() || seen.contains(&dir) {
+            continue;
+        }
+        let cand = dir.join("criu");
+        seen.push(dir);
+        if !cand.exists() {
+            continue;
+        }
+        if let Some(p) = check_candidate(&cand, &mut tried) {
+            return Ok(p);
+        }
+    }
+    if tried.is_empty() {
+        tried.push((
+            PathBuf::from("criu"),
+            format!(
+                "not on PATH ({}) nor in /usr/local/sbin, /usr/sbin; set CRIU_BIN",
+                path_var.to_string_lossy()
+            ),
+        ));
+    }
+    Err(Error::NotFound { tried })
+}
+
+fn check_candidate(p: &Path, tried: &mut Vec<(PathBuf, String)>) -> Option<PathBuf> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Some(p.to_path_buf()),
+        Ok(m) if m.is_file() => {
+            tried.push((p.into(), "not executable".into()));
+            None
+        }
+        Ok(_) => {
+            tried.push((p.into(), "not a file".into()));
+            None
+        }
+        Err(e) => {
+            tried.push((p.into(), e.to_string()));
+            None
+        }
+    }
+}
+
+/// A running `criu swrk` child: reaped by [`Supervised::finish`], or in the background
+/// when dropped.
+#[derive(Debug)]
+pub(crate) struct Supervised {
+    child: Child,
+    pid: Option<u32>,
+    stderr: StderrTail,
+}
+
+/// Starts `criu swrk 3` with our socket end at fd 3 and `passed` at fds 4, 5, ...
+///
+/// Every other fd of ours is close-on-exec in the child, whatever its flags here, so
+/// nothing reaches criu by accident (not even fds a concurrent spawn just created).
+/// criu gets its own process group so a terminal's Ctrl-C reaches us, not criu: we
+/// then roll the request back instead of criu dying mid-way.
+pub(crate) fn spawn(path: &Path, passed: Vec<OwnedFd>) -> Result<(Supervised, UnixSeqpacket)> {
+    let (ours, theirs) =
+        UnixSeqpacket::pair().map_err(|e| Error::io("creating the criu socketpair", e))?;
+    // tokio-seqpacket makes both ends non-blocking; criu does blocking recv().
+    let theirs = OwnedFd::from(theirs);
+    let flags = fcntl(&theirs, FcntlArg::F_GETFL).map_err(|e| Error::io("fcntl", e.into()))?;
+    let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
+    fcntl(&theirs, FcntlArg::F_SETFL(flags)).map_err(|e| Error::io("fcntl", e.into()))?;
+
+    let first_unmapped = FIRST_PASSED_FD + passed.len() as RawFd;
+    let mut mappings = vec![FdMapping {
+        parent_fd: theirs,
+        child_fd: SOCKET_FD,
+    }];
+    mappings.extend(passed.into_iter().enumerate().map(|(i, fd)| FdMapping {
+        parent_fd: fd,
+        child_fd: FIRST_PASSED_FD + i as RawFd,
+    }));
+
+    let mut cmd = Command::new(path);
+    cmd.arg("swrk")
+        .arg(SOCKET_FD.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    cmd.fd_mappings(mappings)
+        .expect("fd mappings use distinct child fds by construction");
+    // SAFETY: the closure only makes syscalls; it does not allocate or take locks.
+    unsafe {
+        cmd.pre_exec(move || cloexec_from(first_unmapped));
+    }
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // `cmd` holds criu's end of the socket and the passed fds: dropping it here means
+    // end-of-stream on our end is exactly "criu (and its children) went away".
+    drop(cmd);
+    let pid = child.id();
+    tracing::debug!(criu.pid = pid, criu.path = %path.display(), "spawned criu swrk");
+    let stderr = StderrTail::start(child.stderr.take(), pid);
+    Ok((Supervised { child, pid, stderr }, ours))
+}
+
+/// Marks every fd from `first` up close-on-exec. Runs between fork and exec.
+fn cloexec_from(first: RawFd) -> std::io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: nix::libc::c_uint = 1 << 2;
+    // SAFETY: a plain syscall on our own fd table.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            first as nix::libc::c_uint,
+            nix::libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: walk the table up to the soft limit.
+    // SAFETY: getrlimit/fcntl on our own process, no allocation.
+    unsafe {
+        let mut lim = std::mem::zeroed::<nix::libc::rlimit>();
+        let max = if nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(65536) as RawFd
+        } else {
+            1024
+        };
+        for fd in first..max {
+            nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
+        }
+    }
+    Ok(())
+}
+
+impl Supervised {
+    /// criu's pid, while it has not been reaped.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// A handle on criu's stderr tail, readable after the child is reaped.
+    pub(crate) fn stderr_tail(&self) -> StderrTail {
+        self.stderr.clone()
+    }
+
+    /// Waits up to `grace` for criu to exit, then kills it; always reaps it.
+    pub(crate) async fn finish(mut self, grace: Duration) -> Option<ExitStatus> {
+        let status = match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            Ok(Err(e)) => {
+                tracing::warn!(criu.pid = self.pid, error = %e, "waiting for criu failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    criu.pid = self.pid,
+                    ?grace,
+                    "criu did not exit in time: killing it"
+                );
+                let _ = self.child.start_kill();
+                self.child.wait().await.ok()
+            }
+        };
+        tracing::debug!(criu.pid = self.pid, ?status, "reaped criu");
+        // Give the stderr reader a moment to collect criu's last words.
+        self.stderr.settle().await;
+        status
+    }
+
+    /// Sends SIGKILL now; [`finish`](Self::finish) still has to reap.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        // Reached only when `finish` was not awaited (runtime gone, or a panic): make
+        // sure criu does not outlive us unreaped. tokio reaps dropped children in the
+        // background.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.start_kill();
+        }
+    }
+}
+
+/// The tail of criu's stderr, collected by a background task (criu would block on a
+/// full pipe otherwise).
+#[derive(Debug, Clone)]
+pub(crate) struct StderrTail {
+    buf: Arc<Mutex<VecDeque<u8>>>,
+    done: Arc<tokio::sync::Notify>,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StderrTail {
+    fn start(stderr: Option<ChildStderr>, pid: Option<u32>) -> Self {
+        let tail = StderrTail {
+            buf: Arc::default(),
+            done: Arc::default(),
+            finished: Arc::default(),
+        };
+        let Some(stderr) = stderr else {
+            tail.finished
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return tail;
+        };
+        let t = tail.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(target: "criu_swrk::criu_stderr", criu_pid = pid, "{}", line);
+                let mut buf = t.buf.lock().unwrap_or_else(|e| e.into_inner());
+                buf.extend(line.as_bytes());
+                buf.push_back(b'\n');
+                let excess = buf.len().saturating_sub(STDERR_TAIL_BYTES);
+                buf.drain(..excess);
+            }
+            t.finished.store(true, std::sync::atomic::Ordering::SeqCst);
+            t.done.notify_waiters();
+        });
+        tail
+    }
+
+    pub(crate) fn snapshot(&self) -> String {
+        let buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let (a, b) = buf.as_slices();
+        let mut v = a.to_vec();
+        v.extend_from_slice(b);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+
+    /// Waits briefly for the reader to reach end-of-file. Children of criu (a page
+    /// server) may keep the pipe open, so this is bounded.
+    async fn settle(&self) {
+        let notified = self.done.notified();
+        if self.finished.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+    }
+}
