@@ -37,7 +37,7 @@ pub(crate) fn error_lines_of_file(path: &Path) -> Vec<String> {
 pub(crate) fn error_lines(text: &str) -> Vec<String> {
     let mut lines: Vec<String> = text
         .lines()
-        .filter(|l| is_error(l) && !HARMLESS.iter().any(|h| l.contains(h)))
+        .filter(|l| is_error(l) && !is_harmless(l))
         .map(|l| {
             let l = l.trim();
             if l.chars().count() > MAX_LINE_CHARS {
@@ -52,6 +52,11 @@ pub(crate) fn error_lines(text: &str) -> Vec<String> {
         lines.drain(..lines.len() - MAX_LINES);
     }
     lines
+}
+
+/// Whether `line` is an error criu logs that says nothing about the failure at hand.
+pub(crate) fn is_harmless(line: &str) -> bool {
+    HARMLESS.iter().any(|h| line.contains(h))
 }
 
 /// criu prefixes errors with `Error (file:line): ` after an optional timestamp.

@@ -180,6 +180,8 @@ pub(crate) struct Prepared {
     pub(crate) log_file: Option<String>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) pid: Option<i32>,
+    /// A directory of ours for criu's log, removed with the request.
+    pub(crate) scratch: Option<tempfile::TempDir>,
 }
 
 impl Prepared {
@@ -355,6 +357,7 @@ impl Common {
             log_file,
             timeout: self.timeout,
             pid: self.pid,
+            scratch: None,
         })
     }
 }
@@ -948,19 +951,34 @@ pub struct CheckOptions {
 }
 
 impl CheckOptions {
-    /// Defaults: no log file (criu logs to stderr, which this crate keeps).
+    /// Defaults: criu logs to `check.log` in a scratch directory that is removed
+    /// afterwards (its error lines still reach a refusal).
     pub fn new() -> Self {
         Self::default()
     }
 
     base_setters!();
 
-    pub(crate) fn prepare(self, kind: RequestKind) -> Result<Prepared> {
+    pub(crate) fn prepare(mut self, kind: RequestKind) -> Result<Prepared> {
         let default_log = match kind {
-            RequestKind::CpuinfoDump | RequestKind::CpuinfoCheck => Some("cpuinfo.log"),
-            _ => None,
+            RequestKind::CpuinfoDump | RequestKind::CpuinfoCheck => "cpuinfo.log",
+            _ => "check.log",
         };
-        self.c.prepare(kind, default_log)
+        // criu before 4.2 wants an images directory for every request with options,
+        // even a check: give it a scratch one, for its log only.
+        let scratch = if self.c.images.is_none() && self.c.work.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("criu-swrk-")
+                .tempdir()
+                .map_err(|e| Error::io("creating a scratch directory for criu's log", e))?;
+            self.c.images = Some(Dir::Path(dir.path().to_path_buf()));
+            Some(dir)
+        } else {
+            None
+        };
+        let mut p = self.c.prepare(kind, Some(default_log))?;
+        p.scratch = scratch;
+        Ok(p)
     }
 }
 

@@ -424,7 +424,14 @@ impl Session {
                 source,
                 criu_message: resp.cr_errmsg,
             }),
-            (false, None) => Err(self.refusal(p.kind, p.pid, &resp, p.log_path())),
+            (false, None) => {
+                let mut err = self.refusal(p.kind, p.pid, &resp, p.log_path());
+                if let (Error::Refused(r), Some(_)) = (&mut err, &p.scratch) {
+                    // The scratch directory goes away with the request.
+                    r.log_path = None;
+                }
+                Err(err)
+            }
             (true, Some((hook, source))) => {
                 // criu ignores failures of some hooks (network-unlock, post-resume):
                 // the request went through, so say so rather than report a rollback.
@@ -451,7 +458,12 @@ impl Session {
             request: kind,
             pid,
             errno: resp.cr_errno.filter(|e| *e != 0),
-            message: resp.cr_errmsg.clone().filter(|m| !m.trim().is_empty()),
+            // criu's cr_errmsg is its first logged error, which can be a harmless one
+            // (RLIMIT_NOFILE without CAP_SYS_RESOURCE); the log lines then say more.
+            message: resp
+                .cr_errmsg
+                .clone()
+                .filter(|m| !m.trim().is_empty() && !log::is_harmless(m)),
             log_path,
             log_errors,
             stderr,

@@ -109,9 +109,14 @@ pub fn start(exe: &Path, args: &[&str], info_path: &Path) -> io::Result<(Child, 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe.
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+        cmd.pre_exec(|| {
+            // Whatever fds the caller leaked to us stay out of the workload: a dump
+            // should see only the workload's own files.
+            nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            nix::unistd::setsid().map(drop).map_err(io::Error::from)
+        });
     }
     let mut child = cmd.spawn()?;
     let deadline = Instant::now() + Duration::from_secs(30);
