@@ -174,6 +174,13 @@ pub(crate) fn classify(kind: RequestKind, bytes: &[u8], mut fds: Vec<OwnedFd>) -
     ))
 }
 
+/// For a datagram [`classify`] rejected: whether it was a NOTIFY (criu then waits for
+/// an answer), `None` when it does not decode at all.
+pub(crate) fn rejected_is_notify(bytes: &[u8]) -> Option<bool> {
+    let resp = CriuResp::decode(bytes).ok()?;
+    Some(resp.r#type == CriuReqType::Notify as i32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

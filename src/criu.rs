@@ -8,8 +8,10 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::info::{Features, Version};
 use crate::notify::{Hooks, NoHooks};
-use crate::options::{CheckOptions, DumpOptions, PreDumpOptions, Prepared, RestoreOptions};
-use crate::outcome::{DumpOutcome, PreDumpOutcome, RestoreOutcome};
+use crate::options::{
+    CheckOptions, DumpOptions, PageServerOptions, PreDumpOptions, Prepared, RestoreOptions,
+};
+use crate::outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
 use crate::session::{DEFAULT_GRACE, PreDumpLoop, Session};
 use crate::spawn;
 
@@ -141,6 +143,54 @@ impl Criu {
     /// As [`Session::check`], plus spawn errors.
     pub async fn check(&self) -> Result<()> {
         self.session()?.check(CheckOptions::new()).await
+    }
+
+    /// `criu check` with options (a work directory for the log, a log level).
+    ///
+    /// # Errors
+    /// As [`Session::check`], plus spawn errors.
+    pub async fn check_with(&self, opts: CheckOptions) -> Result<()> {
+        self.session()?.check(opts).await
+    }
+
+    /// Saves this machine's CPU description; see [`Session::cpuinfo_dump`].
+    ///
+    /// # Errors
+    /// As [`Session::cpuinfo_dump`], plus spawn errors.
+    pub async fn cpuinfo_dump(&self, opts: CheckOptions) -> Result<()> {
+        self.session()?.cpuinfo_dump(opts).await
+    }
+
+    /// Checks a saved CPU description against this machine; see
+    /// [`Session::cpuinfo_check`].
+    ///
+    /// # Errors
+    /// As [`Session::cpuinfo_check`], plus spawn errors.
+    pub async fn cpuinfo_check(&self, opts: CheckOptions) -> Result<()> {
+        self.session()?.cpuinfo_check(opts).await
+    }
+
+    /// Starts a page server daemon; see [`Session::page_server`]. The criu process
+    /// that started it is reaped before this returns; the daemon runs on, ready.
+    ///
+    /// # Errors
+    /// As [`Session::page_server`], plus spawn errors.
+    pub async fn page_server(&self, opts: PageServerOptions) -> Result<PageServer> {
+        self.page_server_with(opts, &mut NoHooks).await
+    }
+
+    /// Starts a page server daemon with hooks; see [`Session::page_server_with`].
+    ///
+    /// # Errors
+    /// As [`Session::page_server_with`], plus spawn errors.
+    pub async fn page_server_with<H: Hooks>(
+        &self,
+        opts: PageServerOptions,
+        hooks: &mut H,
+    ) -> Result<PageServer> {
+        let mut p = opts.prepare(RequestKind::PageServer)?;
+        let mut s = self.session_for(&mut p)?;
+        s.page_server_prepared(p, hooks).await
     }
 
     /// Dumps a tree; see [`Session::dump`] for errors, cancel safety and drop

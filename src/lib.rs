@@ -86,9 +86,9 @@ pub use error::{BoxError, Error, Refusal, Result};
 pub use info::{Features, Version};
 pub use notify::{Hooks, NoHooks, Notification, Reply};
 pub use options::{
-    CgroupMode, CheckOptions, DumpOptions, NetworkLock, PassFd, PreDumpMode, PreDumpOptions,
-    RestoreOptions,
+    CgroupMode, CheckOptions, DumpOptions, NetworkLock, PageServerOptions, PassFd, PreDumpMode,
+    PreDumpOptions, RestoreOptions,
 };
-pub use outcome::{DumpOutcome, PreDumpOutcome, RestoreOutcome};
+pub use outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
 pub use session::{DEFAULT_GRACE, PreDumpLoop, Session};
 pub use stats::{DumpStats, RestoreStats};

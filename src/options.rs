@@ -215,9 +215,15 @@ impl Common {
 
         let writes_images = matches!(
             kind,
-            RequestKind::Dump | RequestKind::PreDump | RequestKind::SinglePreDump
+            RequestKind::Dump
+                | RequestKind::PreDump
+                | RequestKind::SinglePreDump
+                | RequestKind::PageServer
+                | RequestKind::PageServerChild
+                | RequestKind::CpuinfoDump
         );
-        let needs_images = writes_images || kind == RequestKind::Restore;
+        let needs_images =
+            writes_images || matches!(kind, RequestKind::Restore | RequestKind::CpuinfoCheck);
         let images_dir = match self.images.take() {
             Some(dir) => {
                 let (fd, path) = open_dir(dir, "images_dir", writes_images)?;
@@ -465,7 +471,7 @@ macro_rules! base_setters {
         }
 
         flag!(
-            /// Log to criu's stderr instead of a file (criu 3.17+). This crate keeps the
+            /// Log to criu's stderr instead of a file (criu 3.19+). This crate keeps the
             /// last lines for error messages and emits them as `tracing` debug events.
             log_to_stderr
         );
@@ -536,7 +542,7 @@ macro_rules! tree_setters {
             auto_dedup
         );
         flag!(
-            /// Leave the tree stopped (SIGSTOP) after the dump or restore (criu 3.15+).
+            /// Leave the tree stopped (SIGSTOP) after the dump or restore (criu 3.19+).
             leave_stopped
         );
         flag!(
@@ -544,7 +550,7 @@ macro_rules! tree_setters {
             lazy_pages
         );
         flag!(
-            /// Print statistics in the log (criu 3.16+).
+            /// Print statistics in the log (criu 3.19+).
             display_stats
         );
         flag!(
@@ -552,8 +558,14 @@ macro_rules! tree_setters {
             unprivileged
         );
         flag!(
-            /// Skip the file rwx access check (criu 3.17+).
+            /// Skip the file rwx access check (criu 3.18+).
             skip_file_rwx_check
+        );
+        flag!(
+            /// A tty slave whose master is outside the tree (a console held by the
+            /// caller). Dump: accept it. Restore: make a new pty pair and hand its
+            /// master to the `orphan-pts-master` hook.
+            orphan_pts_master
         );
         flag!(
             /// Use TLS for page-server connections (criu 3.13+).
@@ -577,7 +589,7 @@ macro_rules! tree_setters {
             self
         }
 
-        /// How the network is locked.
+        /// How the network is locked (criu 3.16+).
         pub fn network_lock(mut self, method: NetworkLock) -> Self {
             self.c.opts.network_lock = Some(match method {
                 NetworkLock::Iptables => CriuNetworkLockMethod::Iptables,
@@ -625,7 +637,7 @@ macro_rules! tree_setters {
             self
         }
 
-        /// A cgroup yard: where criu mounts cgroup controllers (criu 3.15+).
+        /// A cgroup yard: where criu mounts cgroup controllers (criu 3.14+).
         pub fn cgroup_yard(mut self, path: impl Into<String>) -> Self {
             self.c.opts.cgroup_yard = Some(path.into());
             self
@@ -670,7 +682,7 @@ macro_rules! dump_setters {
             track_mem
         );
         flag!(
-            /// Skip in-flight TCP connections (criu 3.12+).
+            /// Skip in-flight TCP connections.
             tcp_skip_in_flight
         );
         flag!(
@@ -796,7 +808,7 @@ impl PreDumpOptions {
         }
     }
 
-    /// How memory is read.
+    /// How memory is read (criu 3.14+).
     pub fn pre_dump_mode(mut self, mode: PreDumpMode) -> Self {
         self.c.opts.pre_dump_mode = Some(match mode {
             PreDumpMode::Splice => CriuPreDumpMode::Splice,
@@ -845,16 +857,11 @@ impl RestoreOptions {
         rst_sibling
     );
     flag!(
-        /// Hand the master of a restored tty whose master was not dumped to the
-        /// `orphan-pts-master` hook (criu 3.15+).
-        orphan_pts_master
-    );
-    flag!(
         /// Apply sysctls that fail to apply only as warnings.
         weak_sysctls
     );
     flag!(
-        /// Restore mount namespaces the pre-4.0 way.
+        /// Restore mount namespaces the way criu did before 3.17 (criu 3.17+).
         mntns_compat_mode
     );
 
@@ -944,7 +951,9 @@ impl RestoreOptions {
     }
 }
 
-/// Options of requests that act on no tree: `check`, `cpuinfo`. All optional.
+/// Options of requests that act on no tree: `check` (all optional) and
+/// `cpuinfo_dump` / `cpuinfo_check` (which need the images directory holding
+/// `cpuinfo.img`).
 #[derive(Debug, Default)]
 pub struct CheckOptions {
     c: Common,
@@ -966,18 +975,145 @@ impl CheckOptions {
         };
         // criu before 4.2 wants an images directory for every request with options,
         // even a check: give it a scratch one, for its log only.
-        let scratch = if self.c.images.is_none() && self.c.work.is_none() {
-            let dir = tempfile::Builder::new()
-                .prefix("criu-swrk-")
-                .tempdir()
-                .map_err(|e| Error::io("creating a scratch directory for criu's log", e))?;
-            self.c.images = Some(Dir::Path(dir.path().to_path_buf()));
-            Some(dir)
-        } else {
-            None
-        };
+        let scratch =
+            if kind == RequestKind::Check && self.c.images.is_none() && self.c.work.is_none() {
+                let dir = tempfile::Builder::new()
+                    .prefix("criu-swrk-")
+                    .tempdir()
+                    .map_err(|e| Error::io("creating a scratch directory for criu's log", e))?;
+                self.c.images = Some(Dir::Path(dir.path().to_path_buf()));
+                Some(dir)
+            } else {
+                None
+            };
         let mut p = self.c.prepare(kind, Some(default_log))?;
         p.scratch = scratch;
+        Ok(p)
+    }
+}
+
+/// `criu_opts` fields newer than criu 3.15 (the oldest criu this crate drives), with
+/// the first criu release that knows each. An older criu ignores unknown fields
+/// silently, so requests setting them are refused instead.
+/// An option's name, the criu version that introduced it, and whether it is set.
+type Gate = (&'static str, (u32, u32), fn(&CriuOpts) -> bool);
+
+const VERSION_GATES: &[Gate] = &[
+    ("pidfd_store", (3, 16), |o| o.pidfd_store_sk.is_some()),
+    ("lsm_mount_context", (3, 16), |o| {
+        o.lsm_mount_context.is_some()
+    }),
+    ("network_lock", (3, 16), |o| o.network_lock.is_some()),
+    ("mntns_compat_mode", (3, 17), |o| {
+        o.mntns_compat_mode.is_some()
+    }),
+    ("skip_file_rwx_check", (3, 18), |o| {
+        o.skip_file_rwx_check.is_some()
+    }),
+    ("unprivileged", (3, 18), |o| o.unprivileged.is_some()),
+    ("images_dir (by path)", (3, 19), |o| o.images_dir.is_some()),
+    ("leave_stopped", (3, 19), |o| o.leave_stopped.is_some()),
+    ("display_stats", (3, 19), |o| o.display_stats.is_some()),
+    ("log_to_stderr", (3, 19), |o| o.log_to_stderr.is_some()),
+];
+
+/// The options `opts` sets that need a criu newer than 3.15, with that version.
+pub(crate) fn version_gated(opts: &CriuOpts) -> Vec<(&'static str, (u32, u32))> {
+    VERSION_GATES
+        .iter()
+        .filter(|(_, _, set)| set(opts))
+        .map(|(name, v, _)| (*name, *v))
+        .collect()
+}
+
+/// Options of a page server (`criu page-server`): it receives the memory pages of a
+/// dump sent with [`DumpOptions::page_server`] and writes them into its images
+/// directory.
+///
+/// # Example
+/// ```
+/// use criu_swrk::options::PageServerOptions;
+///
+/// // Listen on loopback; port 0 lets criu pick one (reported back).
+/// let opts = PageServerOptions::new()
+///     .images_dir("/var/lib/ckpt/incoming")
+///     .address("127.0.0.1")
+///     .port(0);
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Default)]
+pub struct PageServerOptions {
+    c: Common,
+}
+
+impl PageServerOptions {
+    /// Defaults: criu's (all addresses, port 0 = any free port).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    base_setters!();
+
+    /// The address to listen on (criu's default: every address).
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.c.opts.ps.get_or_insert_with(Default::default).address = Some(address.into());
+        self
+    }
+
+    /// The port to listen on; 0 (the default) lets criu pick a free one.
+    pub fn port(mut self, port: u16) -> Self {
+        self.c.opts.ps.get_or_insert_with(Default::default).port = Some(i32::from(port));
+        self
+    }
+
+    /// Serve over this already connected socket instead of listening (passed to
+    /// criu's fd table).
+    pub fn socket_fd(mut self, fd: impl Into<PassFd>) -> Self {
+        self.c
+            .opts
+            .ps
+            .get_or_insert_with(CriuPageServerInfo::default);
+        self.c.page_server_fd = Some(fd.into());
+        self
+    }
+
+    flag!(
+        /// Use TLS (criu 3.13+).
+        tls
+    );
+    flag!(
+        /// Do not verify the TLS peer's common name.
+        tls_no_cn_verify
+    );
+
+    /// TLS CA certificate file.
+    pub fn tls_cacert(mut self, path: impl Into<String>) -> Self {
+        self.c.opts.tls_cacert = Some(path.into());
+        self
+    }
+
+    /// TLS certificate file.
+    pub fn tls_cert(mut self, path: impl Into<String>) -> Self {
+        self.c.opts.tls_cert = Some(path.into());
+        self
+    }
+
+    /// TLS private key file.
+    pub fn tls_key(mut self, path: impl Into<String>) -> Self {
+        self.c.opts.tls_key = Some(path.into());
+        self
+    }
+
+    pub(crate) fn prepare(mut self, kind: RequestKind) -> Result<Prepared> {
+        // criu reads `ps` to decide it is a page server at all.
+        let ps = self.c.opts.ps.get_or_insert_with(Default::default);
+        ps.port.get_or_insert(0);
+        let mut p = self.c.prepare(kind, Some("page-server.log"))?;
+        if kind == RequestKind::PageServerChild {
+            // The child's status-ready would race criu itself for our answer on the
+            // shared socket (criu reads its next request meanwhile).
+            p.opts.notify_scripts = Some(false);
+        }
         Ok(p)
     }
 }

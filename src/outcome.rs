@@ -48,3 +48,20 @@ pub struct RestoreOutcome {
     /// criu's `stats-restore`.
     pub stats: Result<RestoreStats, Error>,
 }
+
+/// A running page server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PageServer {
+    /// The page server's pid, when criu reports it. criu 4.x reports 0 for a daemon
+    /// page server (the daemon's pid is lost inside criu), which becomes `None`; a
+    /// [`Session::page_server_child`](crate::Session::page_server_child) always has
+    /// one.
+    pub pid: Option<i32>,
+    /// The TCP port it listens on (the one criu picked, when asked for port 0).
+    pub port: u16,
+    /// Where it writes the pages it receives.
+    pub images_dir: Option<PathBuf>,
+    /// Its log.
+    pub log: Option<PathBuf>,
+}

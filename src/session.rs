@@ -16,9 +16,12 @@ use crate::codec::{self, Incoming, RequestKind};
 use crate::error::{BoxError, Error, Refusal, Result};
 use crate::info::{Features, Version};
 use crate::log;
-use crate::notify::{Hooks, NoHooks, Reply};
-use crate::options::{CheckOptions, DumpOptions, PreDumpOptions, Prepared, RestoreOptions};
-use crate::outcome::{DumpOutcome, PreDumpOutcome, RestoreOutcome};
+use crate::notify::{Hooks, NoHooks, Notification, Reply};
+use crate::options;
+use crate::options::{
+    CheckOptions, DumpOptions, PageServerOptions, PreDumpOptions, Prepared, RestoreOptions,
+};
+use crate::outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
 use crate::proto::{CriuReq, CriuResp};
 use crate::spawn::{StderrTail, Supervised};
 use crate::stats;
@@ -48,6 +51,22 @@ pub struct Session {
     /// The peer is not a criu we started: fd numbers for its table go out as planned.
     foreign_peer: bool,
     default_timeout: Option<Duration>,
+    /// criu's version, once asked.
+    version: Option<Version>,
+}
+
+/// How a request relates to the criu process serving it.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// criu exits after answering.
+    OneShot {
+        /// Also wait for the `status-ready` notification (a page server daemon).
+        until_ready: bool,
+    },
+    /// criu stays for the next request (keep_open).
+    KeepOpen,
+    /// A pre-dump: criu stays for the next pre-dump or the final dump.
+    InLoop,
 }
 
 /// The answer to one request.
@@ -69,6 +88,7 @@ impl Session {
             mapped: (mapped > 0).then_some(mapped),
             foreign_peer: false,
             default_timeout,
+            version: None,
         }
     }
 
@@ -93,6 +113,7 @@ impl Session {
             mapped: None,
             foreign_peer: true,
             default_timeout: None,
+            version: None,
         }
     }
 
@@ -151,7 +172,7 @@ impl Session {
 
     async fn query(&mut self, kind: RequestKind, req: CriuReq) -> Result<Answer> {
         let answer = self
-            .run(kind, req, None, &mut NoHooks)
+            .run(kind, req, None, false, &mut NoHooks)
             .instrument(tracing::debug_span!("criu", request = %kind))
             .await?;
         if !answer.resp.success {
@@ -378,6 +399,153 @@ impl Session {
         Ok(())
     }
 
+    /// Starts a page server daemon (`PAGE_SERVER`): it receives the pages of one dump
+    /// sent with [`DumpOptions::page_server`] and exits when that dump is done.
+    /// Returns once the server listens and has said so (criu's `status-ready`), with
+    /// its port. Ends this criu process; the daemon runs on.
+    ///
+    /// The daemon is not criu's child: it is re-parented to the nearest child
+    /// subreaper (or init), which must reap it. criu 4.x does not report its pid.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] when criu cannot start it (port taken, bad address), with
+    /// its log lines; [`Error::InvalidOptions`] without an images directory.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before `status-ready` was answered makes the daemon exit.
+    pub async fn page_server(self, opts: PageServerOptions) -> Result<PageServer> {
+        self.page_server_with(opts, &mut NoHooks).await
+    }
+
+    /// [`page_server`](Self::page_server), with hooks (`status-ready` arrives there).
+    ///
+    /// # Errors
+    /// As [`page_server`](Self::page_server), plus [`Error::Hook`].
+    ///
+    /// # Cancel safety
+    /// As [`page_server`](Self::page_server).
+    pub async fn page_server_with<H: Hooks>(
+        mut self,
+        opts: PageServerOptions,
+        hooks: &mut H,
+    ) -> Result<PageServer> {
+        let p = opts.prepare(RequestKind::PageServer)?;
+        self.page_server_prepared(p, hooks).await
+    }
+
+    /// Starts a page server as criu's child (`PAGE_SERVER_CHLD`); wait for it with
+    /// [`wait_pid`](Self::wait_pid) on this session. Returns once it listens.
+    ///
+    /// criu is asked for no notifications here: the child and criu would both read
+    /// our answers from the one socket.
+    ///
+    /// # Errors
+    /// As [`page_server`](Self::page_server).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: the session is closed; a child already started is
+    /// re-parented and runs on.
+    pub async fn page_server_child(&mut self, opts: PageServerOptions) -> Result<PageServer> {
+        let p = opts.prepare(RequestKind::PageServerChild)?;
+        self.page_server_prepared(p, &mut NoHooks).await
+    }
+
+    pub(crate) async fn page_server_prepared<H: Hooks>(
+        &mut self,
+        p: Prepared,
+        hooks: &mut H,
+    ) -> Result<PageServer> {
+        let mode = match p.kind {
+            // The daemon sends status-ready from its own process, after or before
+            // criu's answer. Only without keep_open is criu then not also reading
+            // the socket (and taking the daemon's answer).
+            RequestKind::PageServer => Mode::OneShot { until_ready: true },
+            _ => Mode::KeepOpen,
+        };
+        let resp = self.request(&p, mode, hooks).await?;
+        let ps = resp
+            .ps
+            .ok_or_else(|| Error::protocol("a PAGE_SERVER response with pid and port", "none"))?;
+        let Some(port) = ps.port else {
+            return Err(Error::protocol(
+                "a PAGE_SERVER response with a port",
+                "none",
+            ));
+        };
+        let pid = ps.pid.filter(|pid| *pid > 0);
+        if pid.is_none() && p.kind == RequestKind::PageServerChild {
+            return Err(Error::protocol(
+                "a PAGE_SERVER_CHLD response with the child's pid",
+                format!("pid {:?}", ps.pid),
+            ));
+        }
+        let port = u16::try_from(port)
+            .map_err(|_| Error::protocol("a TCP port", format!("port {port}")))?;
+        Ok(PageServer {
+            pid,
+            port,
+            images_dir: p.images_dir.clone(),
+            log: p.log_path(),
+        })
+    }
+
+    /// Waits for a child of criu (a [`page_server_child`](Self::page_server_child))
+    /// to exit (`WAIT_PID`) and returns its status. criu takes no request after this
+    /// one (it does not keep WAIT_PID open), so it ends the session.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] when `pid` is not criu's child.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: criu is closed and reaped; the child is re-parented and runs on.
+    pub async fn wait_pid(mut self, pid: i32) -> Result<ExitStatus> {
+        let kind = RequestKind::WaitPid;
+        let req = CriuReq {
+            r#type: kind.wire() as i32,
+            pid: Some(
+                u32::try_from(pid)
+                    .map_err(|_| Error::invalid("pid", format!("{pid} is not a pid")))?,
+            ),
+            ..Default::default()
+        };
+        let answer = self.run(kind, req, None, false, &mut NoHooks).await;
+        self.conn.close().await;
+        let resp = answer?.resp;
+        if !resp.success {
+            return Err(self.refusal(kind, Some(pid), &resp, None));
+        }
+        let status = resp
+            .status
+            .ok_or_else(|| Error::protocol("a WAIT_PID response with a status", "none"))?;
+        Ok(std::os::unix::process::ExitStatusExt::from_raw(status))
+    }
+
+    /// Saves this machine's CPU description to `cpuinfo.img` in the images
+    /// directory (`criu cpuinfo dump`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] without an images directory; [`Error::Refused`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn cpuinfo_dump(self, opts: CheckOptions) -> Result<()> {
+        let p = opts.prepare(RequestKind::CpuinfoDump)?;
+        self.one_shot(p, &mut NoHooks).await.map(drop)
+    }
+
+    /// Compares the CPU description in the images directory with this machine
+    /// (`criu cpuinfo check`).
+    ///
+    /// # Errors
+    /// [`Error::Refused`] when the CPUs are incompatible (`errno` is `ENOTSUP`).
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn cpuinfo_check(self, opts: CheckOptions) -> Result<()> {
+        let p = opts.prepare(RequestKind::CpuinfoCheck)?;
+        self.one_shot(p, &mut NoHooks).await.map(drop)
+    }
+
     /// Closes the connection and reaps criu; returns its exit status when this
     /// session supervised one. criu's exit status is not a request's result.
     pub async fn close(mut self) -> Option<ExitStatus> {
@@ -391,7 +559,22 @@ impl Session {
         p: Prepared,
         hooks: &mut H,
     ) -> Result<(Prepared, CriuResp)> {
-        self.take_mapped(&p)?;
+        let resp = self
+            .request(&p, Mode::OneShot { until_ready: false }, hooks)
+            .await?;
+        Ok((p, resp))
+    }
+
+    /// Sends one request and answers its notifications until criu's final response.
+    /// criu is closed and reaped after a one-shot request, and after any failure
+    /// (criu leaves its request loop then).
+    async fn request<H: Hooks>(
+        &mut self,
+        p: &Prepared,
+        mode: Mode,
+        hooks: &mut H,
+    ) -> Result<CriuResp> {
+        self.take_mapped(p)?;
         let span = tracing::info_span!(
             "criu",
             request = %p.kind,
@@ -399,19 +582,57 @@ impl Session {
             criu.pid = ?self.criu_pid(),
         );
         async move {
+            if let Err(e) = self.preflight(p).await {
+                self.conn.close().await;
+                return Err(e);
+            }
             let req = CriuReq {
                 r#type: p.kind.wire() as i32,
                 opts: Some(p.opts.clone()),
+                keep_open: matches!(mode, Mode::KeepOpen).then_some(true),
                 ..Default::default()
             };
-            let answer = self.run(p.kind, req, p.timeout, hooks).await?;
-            self.conn.close().await;
-            let answer = self.judge(&p, answer)?;
+            let until_ready = matches!(mode, Mode::OneShot { until_ready: true });
+            let answer = self.run(p.kind, req, p.timeout, until_ready, hooks).await?;
+            if matches!(mode, Mode::OneShot { .. }) || !answer.resp.success {
+                self.conn.close().await;
+            }
+            let resp = self.judge(p, answer)?;
             tracing::info!("criu finished the request");
-            Ok((p, answer))
+            Ok(resp)
         }
         .instrument(span)
         .await
+    }
+
+    /// Checks what criu cannot be trusted to refuse clearly, before sending `p`.
+    async fn preflight(&mut self, p: &Prepared) -> Result<()> {
+        let gated = options::version_gated(&p.opts);
+        if !gated.is_empty() {
+            let version = match &self.version {
+                Some(v) => v.clone(),
+                None => {
+                    let v = self.version().await?;
+                    self.version = Some(v.clone());
+                    v
+                }
+            };
+            if let Some((name, (major, minor))) = gated
+                .into_iter()
+                .find(|(_, (a, b))| !version.at_least(*a, *b))
+            {
+                return Err(Error::Unsupported {
+                    what: format!("option {name}"),
+                    reason: format!(
+                        "unsupported by criu {version} (needs {major}.{minor} or later)"
+                    ),
+                });
+            }
+        }
+        if p.kind == RequestKind::Dump && p.opts.lazy_pages == Some(true) {
+            lazy_dump_preflight()?;
+        }
+        Ok(())
     }
 
     /// Turns criu's final answer into the caller's result.
@@ -492,9 +713,10 @@ impl Session {
         kind: RequestKind,
         req: CriuReq,
         timeout: Option<Duration>,
+        until_ready: bool,
         hooks: &mut H,
     ) -> Result<Answer> {
-        let fut = self.conn.exchange(kind, &req, hooks);
+        let fut = self.conn.exchange(kind, &req, until_ready, hooks);
         let res = match timeout.or(self.default_timeout) {
             Some(after) => match tokio::time::timeout(after, fut).await {
                 Ok(res) => res,
@@ -566,28 +788,13 @@ impl PreDumpLoop {
     }
 
     async fn iterate<H: Hooks>(&mut self, p: Prepared, hooks: &mut H) -> Result<PreDumpOutcome> {
-        let s = &mut self.session;
-        s.take_mapped(&p)?;
         let pid = p.pid.unwrap_or_default();
-        let req = CriuReq {
-            r#type: p.kind.wire() as i32,
-            opts: Some(p.opts.clone()),
-            ..Default::default()
-        };
-        let span =
-            tracing::info_span!("criu", request = %p.kind, pid, iteration = self.iterations + 1);
-        let answer = s
-            .run(p.kind, req, p.timeout, hooks)
-            .instrument(span)
+        let iteration = self.iterations + 1;
+        self.session
+            .request(&p, Mode::InLoop, hooks)
+            .instrument(tracing::info_span!("pre_dump_loop", iteration))
             .await?;
-        let failed = !answer.resp.success;
-        let judged = s.judge(&p, answer);
-        if failed {
-            // criu leaves the loop after a failed pre-dump; do not keep a dead process.
-            s.conn.close().await;
-        }
-        judged?;
-        self.iterations += 1;
+        self.iterations = iteration;
         Ok(pre_dump_outcome(pid, p))
     }
 
@@ -688,30 +895,57 @@ impl Conn {
 
     /// Sends `req` and answers notifications until criu's final response.
     ///
+    /// With `until_ready`, a successful response is held back until criu's
+    /// `status-ready` notification has been answered too: a page server sends it from
+    /// its own process, before or after criu's response, and dies if nobody answers.
+    ///
     /// Cancel safety: `in_flight` and `notify_pending` always say where the exchange
     /// stands, so whoever drops this future can roll back.
     async fn exchange<H: Hooks>(
         &mut self,
         kind: RequestKind,
         req: &CriuReq,
+        until_ready: bool,
         hooks: &mut H,
     ) -> Result<Answer> {
         self.transport(kind)?.send(&codec::encode(req)).await?;
         self.in_flight = Some(kind);
         let mut hook_failure: Option<(String, BoxError)> = None;
+        let mut ready = !until_ready;
+        let mut held: Option<CriuResp> = None;
         loop {
             let Some(dg) = self.transport(kind)?.recv().await? else {
                 return Err(self.exited(kind).await);
             };
-            match codec::classify(kind, &dg.bytes, dg.fds)? {
+            let incoming = match codec::classify(kind, &dg.bytes, dg.fds) {
+                Ok(incoming) => incoming,
+                Err(e) => {
+                    // Say where criu stands for the rollback: a rejected NOTIFY (stray
+                    // fd, missing pid) still blocks criu until answered; any other
+                    // well-formed message was its final answer, so waiting for another
+                    // would only sit out the grace period. Undecodable: unknown.
+                    match codec::rejected_is_notify(&dg.bytes) {
+                        Some(true) => self.notify_pending = true,
+                        Some(false) => self.in_flight = None,
+                        None => {}
+                    }
+                    return Err(e);
+                }
+            };
+            match incoming {
                 Incoming::Done(resp) => {
-                    self.in_flight = None;
                     tracing::debug!(success = resp.success, "criu answered");
+                    if resp.success && !ready {
+                        held = Some(resp);
+                        continue;
+                    }
+                    self.in_flight = None;
                     return Ok(Answer { resp, hook_failure });
                 }
                 Incoming::Notify(n) => {
                     self.notify_pending = true;
                     let name = n.name().to_owned();
+                    ready |= matches!(n, Notification::StatusReady);
                     tracing::debug!(hook = %name, pid = ?n.pid(), "criu reached a hook");
                     let reply = hooks
                         .on_notify(n)
@@ -729,6 +963,10 @@ impl Conn {
                     let answer = codec::encode(&codec::notify_answer(ok, externals));
                     self.transport(kind)?.send(&answer).await?;
                     self.notify_pending = false;
+                    if ready && let Some(resp) = held.take() {
+                        self.in_flight = None;
+                        return Ok(Answer { resp, hook_failure });
+                    }
                 }
             }
         }
@@ -766,10 +1004,8 @@ impl Conn {
             }
             None => false,
         };
-        if !confirmed {
-            if let Some(child) = self.child.as_mut() {
-                child.kill();
-            }
+        if !confirmed && let Some(child) = self.child.as_mut() {
+            child.kill();
         }
         self.close().await;
         confirmed
@@ -820,26 +1056,73 @@ impl Drop for Conn {
         if self.transport.is_none() && self.child.is_none() {
             return;
         }
-        let mut rest = Conn {
+        // Wrapped in `Detached`: were `rest` dropped as a plain `Conn` (no runtime, or
+        // the task below dropped unfinished at runtime shutdown), its own drop would
+        // build and spawn/drop another `Conn`, recursing until the stack overflows.
+        let rest = Detached(Conn {
             transport: self.transport.take(),
             child: self.child.take(),
             stderr: None,
             in_flight: self.in_flight.take(),
             notify_pending: self.notify_pending,
             grace: self.grace,
-        };
+        });
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
-                    if let Some(kind) = rest.in_flight {
+                    let mut rest = rest;
+                    if let Some(kind) = rest.0.in_flight {
                         tracing::warn!(request = %kind, "request dropped mid-way: rolling back");
                     }
-                    rest.rollback().await;
+                    rest.0.rollback().await;
                 });
             }
             // No runtime: `Supervised`'s own drop kills criu; its parasite cures the
             // tree, which keeps running.
             Err(_) => drop(rest),
         }
+    }
+}
+
+/// A connection wound down after its session was dropped (see `Conn`'s drop).
+struct Detached(Conn);
+
+impl Drop for Detached {
+    /// Reached when the wind-down cannot run (no runtime) or is cut short (runtime
+    /// shutdown): the socket closes and `Supervised`'s drop kills criu right here, so
+    /// `Conn`'s drop finds nothing left and does not start another wind-down.
+    fn drop(&mut self) {
+        self.0.transport = None;
+        self.0.child = None;
+    }
+}
+
+/// A lazy dump serves pages through a pipe criu grows to 4 MiB; without
+/// CAP_SYS_RESOURCE that needs `fs.pipe-max-size` of at least 4 MiB, and criu's own
+/// failure ("tee: ... Operation not permitted", with a stale errno) misleads.
+fn lazy_dump_preflight() -> Result<()> {
+    const NEEDED: u64 = 4 * 1024 * 1024;
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let has_cap = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0);
+    match max {
+        Some(max) if max < NEEDED && !has_cap => Err(Error::Unsupported {
+            what: "lazy dump".into(),
+            reason: format!(
+                "criu grows its page pipe to {NEEDED} bytes, but fs.pipe-max-size is {max} and \
+                 CAP_SYS_RESOURCE is missing: raise it first (echo {NEEDED} > \
+                 /proc/sys/fs/pipe-max-size)"
+            ),
+        }),
+        _ => Ok(()),
     }
 }

@@ -157,10 +157,10 @@ async fn dropped_dump_leaves_the_target_running() {
     let opts = DumpOptions::new(target.pid).images_dir(&images);
     let task = tokio::spawn(async move {
         let mut hooks = move |n: Notification| {
-            if matches!(n, Notification::PreDump) {
-                if let Some(tx) = reached_tx.take() {
-                    let _ = tx.send(());
-                }
+            if matches!(n, Notification::PreDump)
+                && let Some(tx) = reached_tx.take()
+            {
+                let _ = tx.send(());
             }
             std::future::ready(Reply::ok())
         };

@@ -62,6 +62,7 @@ pub fn env() -> Option<Env> {
     }
     let dir = tempfile::Builder::new()
         .prefix("criu-swrk-test-")
+        .disable_cleanup(std::env::var_os("CRIU_SWRK_KEEP_TEST_DIRS").is_some())
         .tempdir()
         .expect("tempdir");
     Some(Env {
@@ -209,4 +210,24 @@ pub async fn assert_no_criu_left() {
 /// Whether `pid` exists (as anything, zombie included).
 pub fn exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Reaps criu processes re-parented to us (daemons criu started and lost track of,
+/// like a daemon page server), waiting up to 30 s for each to exit.
+pub async fn reap_orphaned_criu() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = criu_children();
+        if left.is_empty() {
+            return;
+        }
+        for pid in &left {
+            let pid = Pid::from_raw(*pid);
+            let _ = waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        }
+        if Instant::now() > deadline {
+            panic!("criu processes still running: {left:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
