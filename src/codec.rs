@@ -38,6 +38,8 @@ pub enum RequestKind {
     FeatureCheck,
     /// `VERSION`: criu's version.
     Version,
+    /// `criu lazy-pages`: the post-copy daemon (a command, not an RPC request).
+    LazyPages,
 }
 
 impl RequestKind {
@@ -55,6 +57,8 @@ impl RequestKind {
             RequestKind::CpuinfoCheck => CriuReqType::CpuinfoCheck,
             RequestKind::FeatureCheck => CriuReqType::FeatureCheck,
             RequestKind::Version => CriuReqType::Version,
+            // Never sent: the daemon is a command line of its own.
+            RequestKind::LazyPages => CriuReqType::Empty,
         }
     }
 
@@ -89,6 +93,7 @@ impl fmt::Display for RequestKind {
             RequestKind::CpuinfoCheck => "cpuinfo check",
             RequestKind::FeatureCheck => "feature check",
             RequestKind::Version => "version",
+            RequestKind::LazyPages => "lazy-pages",
         })
     }
 }

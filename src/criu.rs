@@ -111,7 +111,7 @@ impl Criu {
     }
 
     /// A session for a prepared request: the fds it names in criu's table go there.
-    fn session_for(&self, p: &mut Prepared) -> Result<Session> {
+    pub(crate) fn session_for(&self, p: &mut Prepared) -> Result<Session> {
         self.spawn_for(std::mem::take(&mut p.passed))
     }
 

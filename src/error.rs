@@ -132,11 +132,14 @@ pub enum Error {
         rolled_back: bool,
     },
 
-    /// The request was cancelled by the caller (a batch cancel, a dropped future).
-    #[error("{request} cancelled")]
+    /// The request was cancelled by the caller (a cancellation token, a batch
+    /// cancel). For dumps, criu was told to roll back first: the target keeps running.
+    #[error("{request} cancelled{}", if *.rolled_back { "; criu rolled it back" } else { "" })]
     Cancelled {
         /// The request.
         request: RequestKind,
+        /// Whether criu confirmed the rollback (or had nothing to roll back).
+        rolled_back: bool,
     },
 }
 
@@ -200,6 +203,10 @@ impl Error {
     /// A hook failed (and criu rolled back).
     pub fn is_hook(&self) -> bool {
         matches!(self, Error::Hook { .. })
+    }
+    /// The request was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled { .. })
     }
     /// The request needs something unavailable here.
     pub fn is_unsupported(&self) -> bool {

@@ -67,7 +67,9 @@
 mod codec;
 mod criu;
 mod error;
+pub mod fleet;
 mod info;
+pub mod lazy;
 mod log;
 pub mod notify;
 pub mod options;
@@ -92,3 +94,5 @@ pub use options::{
 pub use outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
 pub use session::{DEFAULT_GRACE, PreDumpLoop, Session};
 pub use stats::{DumpStats, RestoreStats};
+/// Re-exported: cancels requests ([`DumpOptions::cancel_on`]) and batches.
+pub use tokio_util::sync::CancellationToken;

@@ -17,6 +17,7 @@ use crate::proto::{
     InheritFd, JoinNamespace,
 };
 use crate::spawn::FIRST_PASSED_FD;
+use tokio_util::sync::CancellationToken;
 
 /// The log level this crate asks for unless told otherwise: criu's debug level, so a
 /// failure's log says why.
@@ -139,6 +140,7 @@ struct Common {
     status_fd: Option<PassFd>,
     pidfd_store: Option<PassFd>,
     timeout: Option<Duration>,
+    cancel: Option<CancellationToken>,
     raw: Vec<RawEdit>,
 }
 
@@ -179,6 +181,7 @@ pub(crate) struct Prepared {
     /// The log file's name inside `work_dir`.
     pub(crate) log_file: Option<String>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) cancel: Option<CancellationToken>,
     pub(crate) pid: Option<i32>,
     /// A directory of ours for criu's log, removed with the request.
     pub(crate) scratch: Option<tempfile::TempDir>,
@@ -362,6 +365,7 @@ impl Common {
             images_dir,
             log_file,
             timeout: self.timeout,
+            cancel: self.cancel,
             pid: self.pid,
             scratch: None,
         })
@@ -481,6 +485,14 @@ macro_rules! base_setters {
         /// [`Error::Timeout`]. Not criu's `--timeout`: see `freeze_timeout`.
         pub fn timeout(mut self, timeout: Duration) -> Self {
             self.c.timeout = Some(timeout);
+            self
+        }
+
+        /// Cancels the request when `token` is cancelled: like a timeout, the request
+        /// is rolled back (criu answers its next hook with failure) and the call fails
+        /// with [`Error::Cancelled`].
+        pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+            self.c.cancel = Some(token);
             self
         }
 

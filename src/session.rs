@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_seqpacket::UnixSeqpacket;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::codec::{self, Incoming, RequestKind};
@@ -172,7 +173,7 @@ impl Session {
 
     async fn query(&mut self, kind: RequestKind, req: CriuReq) -> Result<Answer> {
         let answer = self
-            .run(kind, req, None, false, &mut NoHooks)
+            .run(kind, req, Limits::default(), false, &mut NoHooks)
             .instrument(tracing::debug_span!("criu", request = %kind))
             .await?;
         if !answer.resp.success {
@@ -508,7 +509,9 @@ impl Session {
             ),
             ..Default::default()
         };
-        let answer = self.run(kind, req, None, false, &mut NoHooks).await;
+        let answer = self
+            .run(kind, req, Limits::default(), false, &mut NoHooks)
+            .await;
         self.conn.close().await;
         let resp = answer?.resp;
         if !resp.success {
@@ -593,7 +596,9 @@ impl Session {
                 ..Default::default()
             };
             let until_ready = matches!(mode, Mode::OneShot { until_ready: true });
-            let answer = self.run(p.kind, req, p.timeout, until_ready, hooks).await?;
+            let answer = self
+                .run(p.kind, req, Limits::of(p), until_ready, hooks)
+                .await?;
             if matches!(mode, Mode::OneShot { .. }) || !answer.resp.success {
                 self.conn.close().await;
             }
@@ -712,31 +717,79 @@ impl Session {
         &mut self,
         kind: RequestKind,
         req: CriuReq,
-        timeout: Option<Duration>,
+        limits: Limits<'_>,
         until_ready: bool,
         hooks: &mut H,
     ) -> Result<Answer> {
-        let fut = self.conn.exchange(kind, &req, until_ready, hooks);
-        let res = match timeout.or(self.default_timeout) {
-            Some(after) => match tokio::time::timeout(after, fut).await {
-                Ok(res) => res,
-                Err(_) => {
-                    tracing::warn!(?after, "request timed out: rolling back");
-                    let rolled_back = self.conn.rollback().await;
-                    return Err(Error::Timeout {
-                        request: kind,
-                        after,
-                        rolled_back,
-                    });
+        let timeout = limits.timeout.or(self.default_timeout);
+        let interrupted = {
+            let exchange = self.conn.exchange(kind, &req, until_ready, hooks);
+            let deadline = async {
+                match timeout {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending().await,
                 }
-            },
-            None => fut.await,
+            };
+            let cancelled = async {
+                match limits.cancel {
+                    Some(token) => token.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                res = exchange => {
+                    if res.is_err() && self.conn.in_flight.is_some() {
+                        self.conn.rollback().await;
+                    }
+                    return res;
+                }
+                () = deadline => Interrupt::Timeout,
+                () = cancelled => Interrupt::Cancelled,
+            }
         };
-        if res.is_err() && self.conn.in_flight.is_some() {
-            self.conn.rollback().await;
-        }
-        res
+        // The exchange future is gone; `conn` says where it stood.
+        let rolled_back = self.conn.rollback().await;
+        Err(match interrupted {
+            Interrupt::Timeout => {
+                let after = timeout.unwrap_or_default();
+                tracing::warn!(?after, rolled_back, "request timed out");
+                Error::Timeout {
+                    request: kind,
+                    after,
+                    rolled_back,
+                }
+            }
+            Interrupt::Cancelled => {
+                tracing::warn!(rolled_back, "request cancelled");
+                Error::Cancelled {
+                    request: kind,
+                    rolled_back,
+                }
+            }
+        })
     }
+}
+
+/// Our limits on one request.
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits<'a> {
+    timeout: Option<Duration>,
+    cancel: Option<&'a CancellationToken>,
+}
+
+impl<'a> Limits<'a> {
+    fn of(p: &'a Prepared) -> Self {
+        Limits {
+            timeout: p.timeout,
+            cancel: p.cancel.as_ref(),
+        }
+    }
+}
+
+enum Interrupt {
+    Timeout,
+    Cancelled,
 }
 
 /// The pre-dump loop on one criu process: any number of pre-dumps, then one dump.

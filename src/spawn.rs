@@ -99,11 +99,6 @@ pub(crate) struct Supervised {
 }
 
 /// Starts `criu swrk 3` with our socket end at fd 3 and `passed` at fds 4, 5, ...
-///
-/// Every other fd of ours is close-on-exec in the child, whatever its flags here, so
-/// nothing reaches criu by accident (not even fds a concurrent spawn just created).
-/// criu gets its own process group so a terminal's Ctrl-C reaches us, not criu: we
-/// then roll the request back instead of criu dying mid-way.
 pub(crate) fn spawn(path: &Path, passed: Vec<OwnedFd>) -> Result<(Supervised, UnixSeqpacket)> {
     let (ours, theirs) =
         UnixSeqpacket::pair().map_err(|e| Error::io("creating the criu socketpair", e))?;
@@ -113,19 +108,30 @@ pub(crate) fn spawn(path: &Path, passed: Vec<OwnedFd>) -> Result<(Supervised, Un
     let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
     fcntl(&theirs, FcntlArg::F_SETFL(flags)).map_err(|e| Error::io("fcntl", e.into()))?;
 
-    let first_unmapped = FIRST_PASSED_FD + passed.len() as RawFd;
-    let mut mappings = vec![FdMapping {
-        parent_fd: theirs,
-        child_fd: SOCKET_FD,
-    }];
-    mappings.extend(passed.into_iter().enumerate().map(|(i, fd)| FdMapping {
-        parent_fd: fd,
-        child_fd: FIRST_PASSED_FD + i as RawFd,
-    }));
+    let mut fds = Vec::with_capacity(passed.len() + 1);
+    fds.push(theirs);
+    fds.extend(passed);
+    let args = ["swrk".to_string(), SOCKET_FD.to_string()];
+    let child = spawn_criu(path, &args, fds)?;
+    Ok((child, ours))
+}
 
+/// Starts `criu args...` with `fds` at 3, 4, ... in its table and nothing else of
+/// ours (every other fd is close-on-exec in the child, whatever its flags here, so
+/// nothing reaches criu by accident, not even fds a concurrent spawn just created).
+/// criu gets its own process group so a terminal's Ctrl-C reaches us, not criu.
+pub(crate) fn spawn_criu(path: &Path, args: &[String], fds: Vec<OwnedFd>) -> Result<Supervised> {
+    let first_unmapped = SOCKET_FD + fds.len() as RawFd;
+    let mappings = fds
+        .into_iter()
+        .enumerate()
+        .map(|(i, fd)| FdMapping {
+            parent_fd: fd,
+            child_fd: SOCKET_FD + i as RawFd,
+        })
+        .collect();
     let mut cmd = Command::new(path);
-    cmd.arg("swrk")
-        .arg(SOCKET_FD.to_string())
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -141,13 +147,14 @@ pub(crate) fn spawn(path: &Path, passed: Vec<OwnedFd>) -> Result<(Supervised, Un
         path: path.to_path_buf(),
         source,
     })?;
-    // `cmd` holds criu's end of the socket and the passed fds: dropping it here means
-    // end-of-stream on our end is exactly "criu (and its children) went away".
+    // `cmd` holds the fds meant for criu (its end of the socket among them):
+    // dropping it here means end-of-stream on our end is exactly "criu (and its
+    // children) went away".
     drop(cmd);
     let pid = child.id();
-    tracing::debug!(criu.pid = pid, criu.path = %path.display(), "spawned criu swrk");
+    tracing::debug!(criu.pid = pid, criu.path = %path.display(), ?args, "spawned criu");
     let stderr = StderrTail::start(child.stderr.take(), pid);
-    Ok((Supervised { child, pid, stderr }, ours))
+    Ok(Supervised { child, pid, stderr })
 }
 
 /// Marks every fd from `first` up close-on-exec. Runs between fork and exec.
@@ -212,6 +219,14 @@ impl Supervised {
         };
         tracing::debug!(criu.pid = self.pid, ?status, "reaped criu");
         // Give the stderr reader a moment to collect criu's last words.
+        self.stderr.settle().await;
+        status
+    }
+
+    /// Waits for criu to exit on its own, however long that takes, and reaps it.
+    pub(crate) async fn wait(mut self) -> Option<ExitStatus> {
+        let status = self.child.wait().await.ok();
+        tracing::debug!(criu.pid = self.pid, ?status, "reaped criu");
         self.stderr.settle().await;
         status
     }

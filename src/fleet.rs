@@ -1,0 +1,275 @@
+//! Many targets at once: bounded, observable, cancellable batches of dumps or restores.
+//!
+//! A [`Fleet`] runs each target's request on its own criu process, at most
+//! [`jobs`](Fleet::jobs) at a time, all on one Tokio task (no thread per target).
+//! Results stream back as each target finishes, success or error, with progress
+//! [`Event`]s in between; one target's failure or hang never holds up the others beyond
+//! the slot it occupies (bound it with [`Fleet::timeout`]).
+//!
+//! # Example
+//! ```no_run
+//! use std::time::Duration;
+//! use futures::StreamExt;
+//! use criu_swrk::{Criu, DumpOptions};
+//! use criu_swrk::fleet::{Event, Fleet};
+//!
+//! # async fn run() {
+//! let pids = [101, 102, 103];
+//! let fleet = Fleet::new(Criu::new()).jobs(2).timeout(Duration::from_secs(60));
+//! let mut batch = fleet.dump(
+//!     pids.iter()
+//!         .map(|pid| DumpOptions::new(*pid).images_dir(format!("/var/lib/ckpt/{pid}"))),
+//! );
+//! while let Some(event) = batch.next().await {
+//!     match event {
+//!         Event::Finished { target, result: Ok(out) } => println!("{}: dumped", pids[target]),
+//!         Event::Finished { target, result: Err(e) } => eprintln!("{}: {e}", pids[target]),
+//!         _ => {}
+//!     }
+//! }
+//! # }
+//! ```
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::criu::Criu;
+use crate::error::{Error, Result};
+use crate::notify::{Hooks, Notification, Reply};
+use crate::options::{DumpOptions, Prepared, RestoreOptions};
+use crate::outcome::{DumpOutcome, RestoreOutcome};
+
+/// Runs requests for many targets concurrently, bounded.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    criu: Criu,
+    jobs: usize,
+    timeout: Option<Duration>,
+}
+
+/// What happens to one target of a batch. `target` is the target's index in the
+/// order the batch was given.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event<T> {
+    /// Waiting for a free slot.
+    Queued {
+        /// The target's index.
+        target: usize,
+    },
+    /// Its criu started.
+    Started {
+        /// The target's index.
+        target: usize,
+        /// The criu process serving it.
+        criu_pid: Option<u32>,
+    },
+    /// criu reached a hook for it.
+    Hook {
+        /// The target's index.
+        target: usize,
+        /// The hook's name (e.g. `post-dump`).
+        name: String,
+    },
+    /// Done, one way or the other. Every target ends with exactly one of these.
+    Finished {
+        /// The target's index.
+        target: usize,
+        /// The outcome (with criu's stats) or what went wrong.
+        result: Result<T>,
+    },
+}
+
+impl<T> Event<T> {
+    /// The index of the target the event is about.
+    pub fn target(&self) -> usize {
+        match self {
+            Event::Queued { target }
+            | Event::Started { target, .. }
+            | Event::Hook { target, .. }
+            | Event::Finished { target, .. } => *target,
+        }
+    }
+}
+
+/// A running batch: a stream of [`Event`]s ending after every target's
+/// [`Event::Finished`].
+///
+/// # Drop behavior
+/// Dropping the batch cancels it: requests in flight roll back (their targets keep
+/// running), queued ones never start.
+#[derive(Debug)]
+pub struct Batch<T> {
+    events: mpsc::UnboundedReceiver<Event<T>>,
+    cancel: CancellationToken,
+}
+
+impl<T> Batch<T> {
+    /// Cancels the batch: every request in flight is rolled back (criu answers its
+    /// next hook with failure, so dumped trees keep running) and finishes with
+    /// [`Error::Cancelled`]; queued targets finish with it without starting.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A token that cancels this batch when cancelled (e.g. from a signal handler).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+impl<T> Stream for Batch<T> {
+    type Item = Event<T>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event<T>>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+impl<T> Drop for Batch<T> {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Fleet {
+    /// A fleet running `criu`, 4 jobs at a time, no timeout.
+    pub fn new(criu: Criu) -> Self {
+        Fleet {
+            criu,
+            jobs: 4,
+            timeout: None,
+        }
+    }
+
+    /// How many criu processes may run at once (at least 1).
+    pub fn jobs(mut self, jobs: usize) -> Self {
+        self.jobs = jobs.max(1);
+        self
+    }
+
+    /// A timeout per target, for targets whose options set none. A target past it is
+    /// rolled back and finishes with [`Error::Timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Dumps every target. Needs a Tokio runtime; the batch runs on a task of its
+    /// own.
+    pub fn dump<I>(&self, targets: I) -> Batch<DumpOutcome>
+    where
+        I: IntoIterator<Item = DumpOptions>,
+    {
+        let prepared = targets.into_iter().map(DumpOptions::prepare).collect();
+        self.run(prepared, |criu, p, hooks| {
+            Box::pin(async move {
+                let mut p = p;
+                let session = criu.session_for(&mut p)?;
+                hooks.started(session.criu_pid());
+                session.dump_prepared(p, hooks).await
+            })
+        })
+    }
+
+    /// Restores every target. Needs a Tokio runtime; the batch runs on a task of its
+    /// own.
+    pub fn restore<I>(&self, targets: I) -> Batch<RestoreOutcome>
+    where
+        I: IntoIterator<Item = RestoreOptions>,
+    {
+        let prepared = targets.into_iter().map(RestoreOptions::prepare).collect();
+        self.run(prepared, |criu, p, hooks| {
+            Box::pin(async move {
+                let mut p = p;
+                let session = criu.session_for(&mut p)?;
+                hooks.started(session.criu_pid());
+                session.restore_prepared(p, hooks).await
+            })
+        })
+    }
+
+    fn run<T, F>(&self, targets: Vec<Result<Prepared>>, request: F) -> Batch<T>
+    where
+        T: Send + 'static,
+        F: for<'a> Fn(
+                Criu,
+                Prepared,
+                &'a mut Progress<T>,
+            ) -> futures::future::BoxFuture<'a, Result<T>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (tx, events) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let fleet = self.clone();
+        let token = cancel.clone();
+        for target in 0..targets.len() {
+            let _ = tx.send(Event::Queued { target });
+        }
+        tokio::spawn(async move {
+            let request = &request;
+            futures::stream::iter(targets.into_iter().enumerate())
+                .map(|(target, p)| {
+                    let tx = tx.clone();
+                    let token = token.clone();
+                    let criu = fleet.criu.clone();
+                    let timeout = fleet.timeout;
+                    async move {
+                        let result = match p {
+                            Err(e) => Err(e),
+                            Ok(p) if token.is_cancelled() => Err(Error::Cancelled {
+                                request: p.kind,
+                                rolled_back: true,
+                            }),
+                            Ok(mut p) => {
+                                p.timeout = p.timeout.or(timeout);
+                                p.cancel = Some(token.child_token());
+                                let mut progress = Progress {
+                                    target,
+                                    tx: tx.clone(),
+                                };
+                                request(criu, p, &mut progress).await
+                            }
+                        };
+                        let _ = tx.send(Event::Finished { target, result });
+                    }
+                })
+                .buffer_unordered(fleet.jobs)
+                .collect::<()>()
+                .await;
+        });
+        Batch { events, cancel }
+    }
+}
+
+/// Hooks that report each notification as an [`Event::Hook`].
+#[derive(Debug)]
+pub(crate) struct Progress<T> {
+    target: usize,
+    tx: mpsc::UnboundedSender<Event<T>>,
+}
+
+impl<T> Progress<T> {
+    fn started(&self, criu_pid: Option<u32>) {
+        let _ = self.tx.send(Event::Started {
+            target: self.target,
+            criu_pid,
+        });
+    }
+}
+
+impl<T: Send> Hooks for Progress<T> {
+    async fn on_notify(&mut self, notification: Notification) -> Reply {
+        let _ = self.tx.send(Event::Hook {
+            target: self.target,
+            name: notification.name().to_owned(),
+        });
+        Reply::ok()
+    }
+}
