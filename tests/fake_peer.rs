@@ -1724,3 +1724,271 @@ fn runtime_shutdown_during_a_background_rollback_closes_the_session() {
     drop(rt);
     assert!(closed_from_the_other_end(&theirs));
 }
+
+// ---------------------------------------------------------------------------------
+// 7. Page servers, WAIT_PID, cpuinfo, version gates, cancellation
+// ---------------------------------------------------------------------------------
+
+fn page_server_resp(pid: i32, port: i32) -> CriuResp {
+    CriuResp {
+        ps: Some(criu_swrk::proto::CriuPageServerInfo {
+            pid: Some(pid),
+            port: Some(port),
+            ..Default::default()
+        }),
+        ..resp(CriuReqType::PageServer, true)
+    }
+}
+
+#[tokio::test]
+async fn page_server_daemon_waits_for_status_ready_sent_before_the_answer() {
+    let dir = images_dir();
+    let (session, peer) = fake(|mut p| async move {
+        let req = p.expect(CriuReqType::PageServer).await;
+        // No keep_open: criu would otherwise read the socket while the daemon waits
+        // for our answer, and take it.
+        assert_eq!(req.keep_open, None);
+        let opts = req.opts.expect("opts");
+        assert_eq!(opts.notify_scripts, Some(true));
+        let ps = opts.ps.expect("ps");
+        assert_eq!(ps.address.as_deref(), Some("127.0.0.1"));
+        assert_eq!(ps.port, Some(0));
+        assert_eq!(
+            p.notify("status-ready", None).await.notify_success,
+            Some(true)
+        );
+        // criu 4.x loses the daemon's pid and says 0.
+        p.send(&page_server_resp(0, 40123)).await;
+        p.expect_closed().await;
+        p
+    });
+    let opts = criu_swrk::PageServerOptions::new()
+        .images_dir(dir.path())
+        .address("127.0.0.1");
+    let mut seen = Vec::new();
+    let mut hooks = |n: Notification| {
+        seen.push(n.name().to_owned());
+        std::future::ready(Reply::ok())
+    };
+    let ps = within("page server", session.page_server_with(opts, &mut hooks))
+        .await
+        .unwrap();
+    finish(peer).await;
+    assert_eq!(ps.port, 40123);
+    assert_eq!(ps.pid, None, "pid 0 means criu does not know it");
+    assert_eq!(seen, ["status-ready"]);
+}
+
+#[tokio::test]
+async fn page_server_daemon_answers_status_ready_arriving_after_the_answer() {
+    let dir = images_dir();
+    let (session, peer) = fake(|mut p| async move {
+        p.expect(CriuReqType::PageServer).await;
+        // The daemon's status-ready comes after criu's answer: the driver must not
+        // close yet, or the daemon dies waiting for its answer.
+        p.send(&page_server_resp(0, 40124)).await;
+        assert_eq!(
+            p.notify("status-ready", None).await.notify_success,
+            Some(true)
+        );
+        p.expect_closed().await;
+        p
+    });
+    let opts = criu_swrk::PageServerOptions::new().images_dir(dir.path());
+    let ps = within("page server", session.page_server(opts))
+        .await
+        .unwrap();
+    let peer = finish(peer).await;
+    assert_eq!(ps.port, 40124);
+    assert_eq!(peer.answers(), [true]);
+}
+
+#[tokio::test]
+async fn page_server_child_then_wait_pid() {
+    let dir = images_dir();
+    let (mut session, peer) = fake(|mut p| async move {
+        let req = p.expect(CriuReqType::PageServerChld).await;
+        assert_eq!(req.keep_open, Some(true));
+        // The child would race criu for our answers: no notifications.
+        assert_eq!(req.opts.expect("opts").notify_scripts, Some(false));
+        p.send(&page_server_resp(777, 40125)).await;
+        let wait = p.expect(CriuReqType::WaitPid).await;
+        assert_eq!(wait.pid, Some(777));
+        // criu does not keep WAIT_PID open: it exits after answering.
+        assert_eq!(wait.keep_open, None);
+        p.send(&CriuResp {
+            status: Some(3 << 8),
+            ..resp(CriuReqType::WaitPid, true)
+        })
+        .await;
+        p.expect_closed().await;
+        p
+    });
+    let opts = criu_swrk::PageServerOptions::new().images_dir(dir.path());
+    let ps = within("page server child", session.page_server_child(opts))
+        .await
+        .unwrap();
+    assert_eq!((ps.pid, ps.port), (Some(777), 40125));
+    let status = within("wait_pid", session.wait_pid(777)).await.unwrap();
+    finish(peer).await;
+    assert_eq!(status.code(), Some(3));
+}
+
+#[tokio::test]
+async fn cpuinfo_requests_carry_the_images_dir() {
+    let dir = images_dir();
+    for (ty, check) in [
+        (CriuReqType::CpuinfoDump, false),
+        (CriuReqType::CpuinfoCheck, true),
+    ] {
+        let expected = canonical(dir.path());
+        let (session, peer) = fake(move |mut p| async move {
+            let req = p.expect(ty).await;
+            let opts = req.opts.expect("opts");
+            assert_eq!(dir_of_fd(opts.images_dir_fd), expected);
+            assert_eq!(opts.log_file.as_deref(), Some("cpuinfo.log"));
+            if check {
+                p.send(&refused(ty, nix::libc::ENOTSUP, "CPU mismatch"))
+                    .await;
+            } else {
+                p.send(&resp(ty, true)).await;
+            }
+            p.expect_closed().await;
+            p
+        });
+        let opts = CheckOptions::new().images_dir(dir.path());
+        let res = if check {
+            within("cpuinfo check", session.cpuinfo_check(opts)).await
+        } else {
+            within("cpuinfo dump", session.cpuinfo_dump(opts)).await
+        };
+        finish(peer).await;
+        if check {
+            let err = res.unwrap_err();
+            assert_eq!(
+                err.refusal().unwrap().errno,
+                Some(nix::libc::ENOTSUP),
+                "{err}"
+            );
+        } else {
+            res.unwrap();
+        }
+    }
+    let err = within("cpuinfo without images", async {
+        let (session, _peer) = fake(|p| async move { p });
+        session.cpuinfo_check(CheckOptions::new()).await
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidOptions {
+                option: "images_dir",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn options_newer_than_criu_are_refused_without_sending_the_request() {
+    let dir = images_dir();
+    let (session, peer) = fake(|mut p| async move {
+        let v = p.expect(CriuReqType::Version).await;
+        assert_eq!(v.keep_open, Some(true));
+        p.send(&version_resp(3, 18, 0)).await;
+        p.expect_closed().await;
+        p
+    });
+    let opts = DumpOptions::new(TARGET)
+        .images_dir(dir.path())
+        .leave_stopped(true);
+    let err = within("dump", session.dump(opts)).await.unwrap_err();
+    let peer = finish(peer).await;
+    assert_eq!(peer.types(), [CriuReqType::Version], "no DUMP may follow");
+    assert!(err.is_unsupported(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("leave_stopped") && text.contains("criu 3.18") && text.contains("3.19"),
+        "{text}"
+    );
+
+    // A criu that knows the option gets the request, on the same process.
+    let (session, peer) = fake(|mut p| async move {
+        p.expect(CriuReqType::Version).await;
+        p.send(&version_resp(4, 1, 1)).await;
+        let dump = p.expect(CriuReqType::Dump).await;
+        assert_eq!(dump.opts.expect("opts").leave_stopped, Some(true));
+        p.send(&resp(CriuReqType::Dump, true)).await;
+        p.expect_closed().await;
+        p
+    });
+    let opts = DumpOptions::new(TARGET)
+        .images_dir(dir.path())
+        .leave_stopped(true);
+    within("dump", session.dump(opts)).await.unwrap();
+    finish(peer).await;
+}
+
+#[tokio::test]
+async fn a_cancelled_dump_is_rolled_back_in_the_foreground() {
+    let dir = images_dir();
+    let (session, peer) = fake(|mut p| async move {
+        p.expect(CriuReqType::Dump).await;
+        p.notify("pre-dump", None).await;
+        // The hook is stuck when the token fires: the rollback answers it.
+        let answer = p.notify("post-dump", None).await;
+        assert_eq!(answer.notify_success, Some(false));
+        p.send(&refused(CriuReqType::Dump, 0, "post-dump script failed"))
+            .await;
+        p.expect_closed().await;
+        p
+    });
+    let token = criu_swrk::CancellationToken::new();
+    let (started_tx, started) = oneshot::channel();
+    let mut hooks = stuck_after_first(started_tx);
+    let opts = DumpOptions::new(TARGET)
+        .images_dir(dir.path())
+        .cancel_on(token.clone());
+    let dump = session.dump_with(opts, &mut hooks);
+    let cancel = async {
+        within("post-dump reached", started)
+            .await
+            .expect("hook ran");
+        token.cancel();
+    };
+    let (res, ()) = within("dump", futures::future::join(dump, cancel)).await;
+    let peer = finish(peer).await;
+    assert_eq!(peer.answers(), [true, false]);
+    match res.unwrap_err() {
+        Error::Cancelled {
+            request,
+            rolled_back,
+        } => {
+            assert_eq!(request, RequestKind::Dump);
+            assert!(rolled_back);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Hooks that answer the first notification and hang on the second, signalling it.
+fn stuck_after_first(started: oneshot::Sender<()>) -> impl Hooks {
+    let mut started = Some(started);
+    let mut calls = 0;
+    move |_n: Notification| {
+        calls += 1;
+        let stuck = calls > 1;
+        if stuck && let Some(tx) = started.take() {
+            let _ = tx.send(());
+        }
+        async move {
+            if stuck {
+                std::future::pending::<()>().await;
+            }
+            Reply::ok()
+        }
+    }
+}
