@@ -1,0 +1,143 @@
+//! Batches of dumps and restores through the library's `Fleet`, against real criu
+//! (root).
+//!
+//! Outside CI these tests skip when root or criu is missing; with `CI=true` they fail.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use criu_swrk::fleet::{Event, Fleet};
+use criu_swrk::{DumpOptions, Error, RestoreOptions};
+
+#[tokio::test]
+async fn a_batch_dumps_and_restores_every_target_and_reports_each() {
+    let Some(env) = common::env() else { return };
+    let mut targets: Vec<_> = (0..4).map(|_| env.workload(16)).collect();
+    let dirs: Vec<_> = (0..4).map(|i| env.subdir(&format!("t{i}"))).collect();
+    let fleet = Fleet::new(env.criu.clone()).jobs(2);
+
+    let mut batch = fleet.dump(
+        targets
+            .iter()
+            .zip(&dirs)
+            .map(|(t, d)| DumpOptions::new(t.pid).images_dir(d)),
+    );
+    let mut hooks = vec![Vec::new(); 4];
+    let mut finished = HashSet::new();
+    while let Some(event) = batch.next().await {
+        match event {
+            Event::Hook { target, name } => hooks[target].push(name),
+            Event::Finished { target, result } => {
+                let out = result.unwrap_or_else(|e| panic!("target {target}: {e}"));
+                assert_eq!(out.pid, targets[target].pid);
+                assert!(out.stats.unwrap().pages_written > 0);
+                assert!(finished.insert(target), "target {target} finished twice");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(finished.len(), 4);
+    for h in &hooks {
+        assert_eq!(h, &["pre-dump", "query-ext-files", "post-dump"]);
+    }
+    for t in &mut targets {
+        t.reap_dumped();
+    }
+
+    let mut batch = fleet.restore(dirs.iter().map(|d| RestoreOptions::new().images_dir(d)));
+    let mut restored = Vec::new();
+    while let Some(event) = batch.next().await {
+        if let Event::Finished { target, result } = event {
+            let out = result.unwrap_or_else(|e| panic!("restore {target}: {e}"));
+            restored.push(targets[target].restored(out.pid));
+        }
+    }
+    assert_eq!(restored.len(), 4);
+    for r in &restored {
+        r.assert_alive_and_intact();
+    }
+    common::assert_no_criu_left().await;
+}
+
+#[tokio::test]
+async fn one_failing_target_does_not_break_the_others() {
+    let Some(env) = common::env() else { return };
+    let targets: Vec<_> = (0..3).map(|_| env.workload(16)).collect();
+    let bad_pid = 4_194_304 + 777;
+    let mut pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
+    pids.insert(1, bad_pid);
+    let fleet = Fleet::new(env.criu.clone()).jobs(4);
+    let mut batch = fleet.dump(pids.iter().map(|pid| {
+        DumpOptions::new(*pid)
+            .images_dir(env.subdir(&pid.to_string()))
+            .leave_running(true)
+    }));
+    let mut results = vec![None; pids.len()];
+    while let Some(event) = batch.next().await {
+        if let Event::Finished { target, result } = event {
+            results[target] = Some(result.map(|_| ()).map_err(|e| e.to_string()));
+        }
+    }
+    for (i, r) in results.iter().enumerate() {
+        let r = r.as_ref().expect("every target finishes");
+        if pids[i] == bad_pid {
+            let e = r.as_ref().unwrap_err();
+            assert!(e.contains(&bad_pid.to_string()), "{e}");
+        } else {
+            assert!(r.is_ok(), "target {}: {r:?}", pids[i]);
+        }
+    }
+    for t in &targets {
+        t.assert_alive_and_intact();
+    }
+    common::assert_no_criu_left().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_batch_rolls_back_every_dump() {
+    let Some(env) = common::env() else { return };
+    let targets: Vec<_> = (0..3).map(|_| env.workload(256)).collect();
+    // One slot fewer than targets: one target is still queued when we cancel.
+    let fleet = Fleet::new(env.criu.clone()).jobs(2);
+    let mut batch = fleet.dump(
+        targets
+            .iter()
+            .map(|t| DumpOptions::new(t.pid).images_dir(env.subdir(&t.pid.to_string()))),
+    );
+    let mut in_dump = HashSet::new();
+    let mut results = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), batch.next())
+        .await
+        .expect("the batch makes progress")
+    {
+        match event {
+            Event::Hook { target, name } if name == "pre-dump" => {
+                in_dump.insert(target);
+                // Both slots are dumping 256 MiB: cancel mid-way.
+                if in_dump.len() == 2 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    batch.cancel();
+                }
+            }
+            Event::Finished { target, result } => results.push((target, result)),
+            _ => {}
+        }
+    }
+    assert_eq!(results.len(), 3);
+    for (target, result) in results {
+        match result {
+            Err(Error::Cancelled { rolled_back, .. }) => {
+                assert!(rolled_back, "target {target} not confirmed rolled back")
+            }
+            other => panic!("target {target}: expected a cancellation, got {other:?}"),
+        }
+    }
+    for t in &targets {
+        t.assert_alive_and_intact();
+    }
+    common::assert_no_criu_left().await;
+}
