@@ -1992,3 +1992,61 @@ fn stuck_after_first(started: oneshot::Sender<()>) -> impl Hooks {
         }
     }
 }
+
+#[tokio::test]
+async fn a_lazy_dump_is_refused_up_front_or_carries_lazy_pages_and_the_port() {
+    let dir = images_dir();
+    // criu grows its page pipe to 4 MiB; that needs fs.pipe-max-size >= 4 MiB or
+    // CAP_SYS_RESOURCE. Which branch runs depends on this machine; both can fail.
+    let max: u64 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let caps = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = caps
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let pipes_ok = max >= 4 << 20 || cap_eff & (1 << 24) != 0;
+    let (session, peer) = fake(move |mut p| async move {
+        if pipes_ok {
+            let req = p.expect(CriuReqType::Dump).await;
+            let opts = req.opts.expect("opts");
+            assert_eq!(opts.lazy_pages, Some(true));
+            assert_eq!(opts.ps.expect("ps").port, Some(27000));
+            // What criu says when its pipe stayed small: misleading, passed on whole.
+            p.send(&refused(
+                CriuReqType::Dump,
+                nix::libc::EPERM,
+                "page-pipe: tee: 65536: Operation not permitted",
+            ))
+            .await;
+        }
+        p.expect_closed().await;
+        p
+    });
+    let opts = DumpOptions::new(TARGET)
+        .images_dir(dir.path())
+        .lazy_pages(true)
+        .page_server("127.0.0.1", 27000);
+    let err = within("lazy dump", session.dump(opts)).await.unwrap_err();
+    let peer = finish(peer).await;
+    let text = err.to_string();
+    if pipes_ok {
+        assert!(err.is_refused(), "{text}");
+        assert!(text.contains("tee: 65536"), "{text}");
+    } else {
+        assert!(err.is_unsupported(), "{text}");
+        assert!(
+            text.contains("pipe-max-size") && text.contains(&max.to_string()),
+            "{text}"
+        );
+        assert!(
+            peer.received.is_empty(),
+            "nothing may reach criu: {:?}",
+            peer.types()
+        );
+    }
+}
