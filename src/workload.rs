@@ -39,8 +39,9 @@ pub fn checksum(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Runs the workload: `mib` MiB of random bytes, info written to `info_path`. Never
-/// returns.
+/// Runs the workload: `mib` MiB of random bytes, info written to `info_path`, then
+/// counts up forever, writing `tick <counter>` to stdout about every 100 ms
+/// ([`TICK_EVERY`]). Never returns.
 pub fn run(mib: usize, info_path: &Path) -> ! {
     let mut seed = [0u8; 8];
     if std::fs::File::open("/dev/urandom")
@@ -76,11 +77,33 @@ pub fn run(mib: usize, info_path: &Path) -> ! {
     )
     .and_then(|()| std::fs::rename(&tmp, info_path))
     .expect("writing the workload info file");
+    let mut last_tick = Instant::now();
     loop {
         // SAFETY: `counter` is ours; volatile so the count lands in memory each time.
         unsafe { std::ptr::write_volatile(counter, std::ptr::read_volatile(counter) + 1) };
+        if last_tick.elapsed() >= TICK_EVERY {
+            last_tick = Instant::now();
+            // SAFETY: as above.
+            let line = format!("tick {}\n", unsafe { std::ptr::read_volatile(counter) });
+            // Straight to fd 1, unbuffered: nothing is held back in a buffer across a
+            // checkpoint. Errors (no reader, a hung-up terminal) are ignored; SIGPIPE
+            // is already ignored by Rust's runtime.
+            let _ = nix::unistd::write(io::stdout(), line.as_bytes());
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// How often [`run`] writes a `tick <counter>` line to its stdout.
+pub const TICK_EVERY: Duration = Duration::from_millis(100);
+
+/// Parses a `tick <counter>` line written by [`run`] (a trailing `\r`, as a terminal
+/// writes it, is ignored).
+pub fn parse_tick(line: &str) -> Option<u64> {
+    line.trim_end_matches(['\r', '\n'])
+        .strip_prefix("tick ")?
+        .parse()
+        .ok()
 }
 
 /// Reads an info file written by [`run`].
@@ -103,19 +126,44 @@ pub fn read_info(path: &Path) -> io::Result<Info> {
 /// Starts `exe args...` as a workload: its own session (`setsid`), stdio on
 /// `/dev/null`, and waits for `info_path` to appear.
 pub fn start(exe: &Path, args: &[&str], info_path: &Path) -> io::Result<(Child, Info)> {
+    start_with_stdio(
+        exe,
+        args,
+        info_path,
+        Stdio::null(),
+        Stdio::null(),
+        Stdio::null(),
+    )
+}
+
+/// Like [`start`], with the given stdio.
+///
+/// When `stdin` is a terminal it becomes the workload's controlling terminal
+/// (`TIOCSCTTY` right after `setsid`), and the start fails if it cannot: pass a
+/// terminal only when it is free to be taken, e.g. a fresh pty slave.
+pub fn start_with_stdio(
+    exe: &Path,
+    args: &[&str],
+    info_path: &Path,
+    stdin: Stdio,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> io::Result<(Child, Info)> {
     let _ = std::fs::remove_file(info_path);
     let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args(args).stdin(stdin).stdout(stdout).stderr(stderr);
     // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
+            use nix::libc;
             // Whatever fds the caller leaked to us stay out of the workload: a dump
             // should see only the workload's own files.
-            nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            nix::unistd::setsid().map(drop).map_err(io::Error::from)
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            if libc::isatty(0) == 1 && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
         });
     }
     let mut child = cmd.spawn()?;

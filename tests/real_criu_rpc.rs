@@ -5,9 +5,18 @@
 
 mod common;
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
-use criu_swrk::{CheckOptions, DumpOptions, PageServerOptions, RestoreOptions};
+use criu_swrk::{
+    CheckOptions, DumpOptions, Notification, PageServerOptions, Reply, RestoreOptions,
+};
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+
+/// How long to wait for one tick line (the workload writes one every 100 ms).
+const TICK_WAIT: Duration = Duration::from_secs(5);
 
 /// Copies every image file of `from` that `to` does not have yet.
 fn copy_missing_images(from: &Path, to: &Path) {
@@ -124,5 +133,274 @@ async fn page_server_child_and_wait_pid() {
             .starts_with("pages-")
     }));
     target.assert_alive_and_intact();
+    common::assert_no_criu_left().await;
+}
+
+#[tokio::test]
+async fn restore_with_inherit_fd_replaces_the_stdout_pipe() {
+    let Some(env) = common::env() else { return };
+    let (old_r, old_w) = std::io::pipe().unwrap();
+    let mut target = env.workload_with_stdio(16, Stdio::null(), Stdio::from(old_w), Stdio::null());
+    let mut old = common::TickReader::new(old_r);
+    let before = old.ticks(3, TICK_WAIT).await.unwrap();
+    let key = common::fd_link(target.pid, 1);
+    assert!(key.starts_with("pipe:["), "stdout should be a pipe: {key}");
+
+    let images = env.subdir("images");
+    env.criu
+        .dump(DumpOptions::new(target.pid).images_dir(&images))
+        .await
+        .unwrap();
+    target.reap_dumped();
+    // Whatever the original wrote before it died (the last ticks before the dump).
+    let mut last_before = *before.last().unwrap();
+    while let Ok(line) = old.line(Duration::from_millis(200)).await {
+        last_before = criu_swrk::workload::parse_tick(&line).unwrap();
+    }
+    drop(old);
+
+    let (new_r, new_w) = std::io::pipe().unwrap();
+    let new_ino = nix::sys::stat::fstat(&new_r).unwrap().st_ino;
+    let out = env
+        .criu
+        .restore(
+            RestoreOptions::new()
+                .images_dir(&images)
+                .inherit_fd(key.clone(), new_w),
+        )
+        .await
+        .unwrap();
+    let restored = target.restored(out.pid);
+    assert_eq!(
+        common::fd_link(out.pid, 1),
+        format!("pipe:[{new_ino}]"),
+        "the restored stdout should be our new pipe, not {key}"
+    );
+    // The restored task goes on counting where the original stopped, and writes to
+    // the pipe we gave criu.
+    let mut new = common::TickReader::new(new_r);
+    let after = new.ticks(3, TICK_WAIT).await.unwrap();
+    assert!(
+        after[0] > last_before,
+        "ticks after the restore {after:?} should continue after {last_before}"
+    );
+    assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
+    restored.assert_alive_and_intact();
+    drop(restored);
+    common::assert_no_criu_left().await;
+}
+
+/// Makes `fd` close-on-exec (openpty's fds are not), so no other child inherits it.
+fn cloexec(fd: OwnedFd) -> OwnedFd {
+    fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+    fd
+}
+
+#[tokio::test]
+async fn orphan_pts_master_hands_over_a_working_console() {
+    let Some(env) = common::env() else { return };
+    // The console: we hold the master, as runc does; the slave is the workload's
+    // stdio and controlling terminal.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let (master, slave) = (cloexec(pty.master), cloexec(pty.slave));
+    let slave_path = common::fd_link(std::process::id() as i32, slave.as_raw_fd());
+    assert!(slave_path.starts_with("/dev/pts/"), "{slave_path}");
+    let mut target = env.workload_with_stdio(
+        16,
+        Stdio::from(slave.try_clone().unwrap()),
+        Stdio::from(slave.try_clone().unwrap()),
+        Stdio::from(slave),
+    );
+    assert_ne!(common::tty_nr(target.pid), 0, "the pty should be the ctty");
+    for fd in 0..3 {
+        assert_eq!(common::fd_link(target.pid, fd), slave_path);
+    }
+    let mut console = common::TickReader::new(master);
+    let before = console.ticks(3, TICK_WAIT).await.unwrap();
+
+    let images = env.subdir("images");
+    env.criu
+        .dump(
+            DumpOptions::new(target.pid)
+                .images_dir(&images)
+                .orphan_pts_master(true),
+        )
+        .await
+        .unwrap();
+    target.reap_dumped();
+    let mut last_before = *before.last().unwrap();
+    while let Ok(line) = console.line(Duration::from_millis(200)).await {
+        if let Some(tick) = criu_swrk::workload::parse_tick(&line) {
+            last_before = tick;
+        }
+    }
+    // Closing the old console frees the pty's index, which criu restores the slave
+    // with.
+    drop(console);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Path::new(&slave_path).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{slave_path} still exists after its master was closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut hooks_seen = Vec::new();
+    let mut new_master = None;
+    let mut hooks = |n: Notification| {
+        hooks_seen.push(n.name().to_owned());
+        if let Notification::OrphanPtsMaster { master } = n {
+            new_master = Some(master);
+        }
+        std::future::ready(Reply::ok())
+    };
+    let out = env
+        .criu
+        .restore_with(
+            RestoreOptions::new()
+                .images_dir(&images)
+                .orphan_pts_master(true),
+            &mut hooks,
+        )
+        .await
+        .unwrap();
+    let restored = target.restored(out.pid);
+    assert!(
+        hooks_seen.iter().any(|h| h == "orphan-pts-master"),
+        "{hooks_seen:?}"
+    );
+    let new_master = new_master.expect("the orphan-pts-master hook carries the master");
+    // The restored task has the same terminal back, as stdio and controlling tty...
+    for fd in 0..3 {
+        assert_eq!(common::fd_link(out.pid, fd), slave_path);
+    }
+    assert_ne!(
+        common::tty_nr(out.pid),
+        0,
+        "the pty should be the ctty again"
+    );
+    // ...and what it writes arrives through the master criu handed us.
+    let mut console = common::TickReader::new(new_master);
+    let after = console.ticks(3, TICK_WAIT).await.unwrap();
+    assert!(
+        after[0] > last_before,
+        "ticks after the restore {after:?} should continue after {last_before}"
+    );
+    assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
+    restored.assert_alive_and_intact();
+    // Kill the restored task before its console goes: a closed master hangs it up.
+    drop(restored);
+    drop(console);
+    common::assert_no_criu_left().await;
+}
+
+/// Records each hook criu passes through, with the pid it carries.
+fn hook_recorder(
+    seen: &mut Vec<(String, Option<i32>)>,
+) -> impl FnMut(Notification) -> std::future::Ready<Reply> + Send + '_ {
+    |n: Notification| {
+        seen.push((n.name().to_owned(), n.pid()));
+        std::future::ready(Reply::ok())
+    }
+}
+
+#[tokio::test]
+async fn pid_namespace_restore_while_the_original_runs() {
+    let Some(env) = common::env() else { return };
+    let target = env.ns_workload(16);
+    let images = env.subdir("images");
+    env.criu
+        .dump(
+            DumpOptions::new(target.pid)
+                .images_dir(&images)
+                .leave_running(true),
+        )
+        .await
+        .unwrap();
+    target.assert_alive_and_intact();
+
+    let mut seen = Vec::new();
+    let out = env
+        .criu
+        .restore_with(
+            RestoreOptions::new().images_dir(&images),
+            &mut hook_recorder(&mut seen),
+        )
+        .await
+        .unwrap();
+    let restored = target.restored(out.pid);
+    assert_ne!(out.pid, target.pid, "the copy needs a pid of its own");
+    // criu's restore order for a tree with namespaces of its own; the pid is the
+    // restored root's, as seen from here.
+    let pid = Some(out.pid);
+    assert_eq!(
+        seen,
+        [
+            ("pre-restore".to_owned(), None),
+            ("setup-namespaces".to_owned(), pid),
+            ("post-setup-namespaces".to_owned(), None),
+            ("post-restore".to_owned(), pid),
+            ("pre-resume".to_owned(), None),
+            ("post-resume".to_owned(), None),
+        ]
+    );
+    assert_eq!(
+        common::ns_pids(out.pid),
+        [out.pid, 1],
+        "the copy should be init of a new PID namespace"
+    );
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{}/ns/pid", out.pid)).unwrap(),
+        std::fs::read_link(format!("/proc/{}/ns/pid", target.pid)).unwrap(),
+        "the copy should not share the original's PID namespace"
+    );
+    // Both run on, each with its memory intact.
+    target.assert_alive_and_intact();
+    restored.assert_alive_and_intact();
+    drop(restored);
+    drop(target);
+    common::assert_no_criu_left().await;
+}
+
+#[tokio::test]
+async fn two_restores_of_the_same_images_side_by_side() {
+    let Some(env) = common::env() else { return };
+    let mut target = env.ns_workload(16);
+    let images = env.subdir("images");
+    env.criu
+        .dump(DumpOptions::new(target.pid).images_dir(&images))
+        .await
+        .unwrap();
+    target.reap_dumped();
+
+    // Two criu processes restore from the same images at once; each logs to its own
+    // work directory.
+    let (work_a, work_b) = (env.subdir("work-a"), env.subdir("work-b"));
+    let (a, b) = tokio::join!(
+        env.criu
+            .restore(RestoreOptions::new().images_dir(&images).work_dir(&work_a)),
+        env.criu
+            .restore(RestoreOptions::new().images_dir(&images).work_dir(&work_b)),
+    );
+    // Wrapped before either is unwrapped: one failing still kills the other.
+    let a = a.map(|out| target.restored(out.pid));
+    let b = b.map(|out| target.restored(out.pid));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a.pid, b.pid);
+    assert!(work_a.join("restore.log").exists() && work_b.join("restore.log").exists());
+    // Each copy is the init of a PID namespace of its own.
+    assert_eq!(common::ns_pids(a.pid), [a.pid, 1]);
+    assert_eq!(common::ns_pids(b.pid), [b.pid, 1]);
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{}/ns/pid", a.pid)).unwrap(),
+        std::fs::read_link(format!("/proc/{}/ns/pid", b.pid)).unwrap(),
+    );
+    a.assert_alive_and_intact();
+    b.assert_alive_and_intact();
+    // Killing one leaves the other running.
+    drop(a);
+    b.assert_alive_and_intact();
+    drop(b);
     common::assert_no_criu_left().await;
 }

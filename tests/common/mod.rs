@@ -1,15 +1,19 @@
 //! Helpers for tests that run real criu against real processes.
 #![allow(dead_code)]
 
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Stdio};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 use criu_swrk::workload::{self, Info};
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
 
 pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_criu-swrk-workload");
 
@@ -80,17 +84,37 @@ impl Env {
         p
     }
 
-    /// Starts a workload of `mib` MiB in its own session, stdio on /dev/null.
-    pub fn workload(&self, mib: usize) -> Target {
+    /// A fresh info file path for the next workload.
+    fn next_info_path(&self) -> PathBuf {
         let n = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
             .unwrap_or(0);
-        let info_path = self.dir.path().join(format!("workload-{n}.info"));
+        self.dir.path().join(format!("workload-{n}.info"))
+    }
+
+    /// Starts a workload of `mib` MiB in its own session, stdio on /dev/null.
+    pub fn workload(&self, mib: usize) -> Target {
+        self.workload_with_stdio(mib, Stdio::null(), Stdio::null(), Stdio::null())
+    }
+
+    /// Starts a workload of `mib` MiB in its own session with the given stdio; a
+    /// terminal as stdin becomes its controlling terminal.
+    pub fn workload_with_stdio(
+        &self,
+        mib: usize,
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Target {
+        let info_path = self.next_info_path();
         let mib_s = mib.to_string();
-        let (child, info) = workload::start(
+        let (child, info) = workload::start_with_stdio(
             Path::new(WORKLOAD),
             &[&mib_s, info_path.to_str().unwrap()],
             &info_path,
+            stdin,
+            stdout,
+            stderr,
         )
         .expect("starting the workload");
         let pid = child.id() as i32;
@@ -101,6 +125,96 @@ impl Env {
             info,
         }
     }
+
+    /// Starts a workload of `mib` MiB as the init of its own PID namespace:
+    /// `unshare --pid --fork setsid WORKLOAD ...` (stdio on /dev/null). The target's
+    /// pid is the namespace's init (the child of `unshare`), as seen from here.
+    pub fn ns_workload(&self, mib: usize) -> NsTarget {
+        let info_path = self.next_info_path();
+        let mib_s = mib.to_string();
+        let (unshare, info) = workload::start(
+            Path::new("unshare"),
+            &[
+                "--pid",
+                "--fork",
+                "setsid",
+                WORKLOAD,
+                &mib_s,
+                info_path.to_str().unwrap(),
+            ],
+            &info_path,
+        )
+        .expect("starting the workload under unshare");
+        let mut target = NsTarget {
+            unshare: Some(unshare),
+            pid: 0,
+            info,
+        };
+        let unshare_pid = target.unshare.as_ref().unwrap().id() as i32;
+        let children = children_of(unshare_pid);
+        assert_eq!(
+            children.len(),
+            1,
+            "unshare {unshare_pid} should have one child, the namespace's init: {children:?}"
+        );
+        target.pid = children[0];
+        assert_eq!(
+            ns_pids(target.pid).last().copied(),
+            Some(1),
+            "pid {} should be init (pid 1) of its PID namespace",
+            target.pid
+        );
+        target.assert_alive_and_intact();
+        target
+    }
+}
+
+/// The children of `pid` (every thread's), from `/proc/<pid>/task/<tid>/children`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    out
+}
+
+/// `pid`'s pid in each PID namespace it is in, outermost first (`NSpid` in
+/// `/proc/<pid>/status`).
+pub fn ns_pids(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The controlling terminal of `pid` (`tty_nr` in `/proc/<pid>/stat`; 0 for none).
+pub fn tty_nr(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading stat");
+    let (_, rest) = stat.rsplit_once(") ").expect("stat format");
+    // After the command: state ppid pgrp session tty_nr ...
+    rest.split_whitespace().nth(4).unwrap().parse().unwrap()
+}
+
+/// Where fd `fd` of `pid` points (`/proc/<pid>/fd/<fd>`), e.g. `pipe:[1234]`.
+pub fn fd_link(pid: i32, fd: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd/{fd}: {e}"))
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A workload process of this test. Killed and reaped on drop.
@@ -147,6 +261,121 @@ impl Drop for Target {
     }
 }
 
+/// A workload running as the init of its own PID namespace, under `unshare`. Both
+/// are killed and reaped on drop.
+pub struct NsTarget {
+    unshare: Option<Child>,
+    /// The namespace's init (the workload), as seen from here.
+    pub pid: i32,
+    pub info: Info,
+}
+
+impl NsTarget {
+    /// Asserts the target runs on (counter moving) with its memory intact.
+    pub fn assert_alive_and_intact(&self) {
+        workload::assert_alive_and_intact(self.pid, &self.info)
+            .unwrap_or_else(|e| panic!("namespace init {}: {e}", self.pid));
+    }
+
+    /// Reaps `unshare` after criu killed the init (a dump without leave_running).
+    pub fn reap_dumped(&mut self) {
+        let mut unshare = self.unshare.take().expect("target already reaped");
+        let status = unshare.wait().expect("waitpid");
+        assert!(
+            !status.success(),
+            "unshare should report its killed child: {status}"
+        );
+        // unshare reaped the init, or the init was re-parented to us: either way it
+        // must be gone now.
+        let _ = waitpid(Pid::from_raw(self.pid), None);
+        assert!(!exists(self.pid as u32), "init {} still exists", self.pid);
+    }
+
+    /// A restored copy of this target, running as `pid` (our child through the
+    /// subreaper).
+    pub fn restored(&self, pid: i32) -> Restored {
+        Restored {
+            pid,
+            info: self.info,
+        }
+    }
+}
+
+impl Drop for NsTarget {
+    fn drop(&mut self) {
+        if let Some(mut unshare) = self.unshare.take() {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let _ = unshare.kill();
+            let _ = unshare.wait();
+            // If unshare died before reaping the init, the init is ours now.
+            let _ = waitpid(Pid::from_raw(self.pid), None);
+        }
+    }
+}
+
+/// Reads the `tick <counter>` lines a workload writes, from a pipe's read end or a
+/// pty master (which it keeps open: closing a master hangs up its terminal).
+pub struct TickReader {
+    fd: AsyncFd<OwnedFd>,
+    pending: Vec<u8>,
+}
+
+impl TickReader {
+    pub fn new(fd: impl Into<OwnedFd>) -> Self {
+        let fd = fd.into();
+        let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL).expect("F_GETFL"));
+        fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).expect("F_SETFL");
+        fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("F_SETFD");
+        // SAFETY: an OwnedFd is open and keeps its number until the AsyncFd drops it.
+        let fd = unsafe { AsyncFd::register(fd) }
+            .unwrap_or_else(|e| panic!("registering the fd with tokio: {e}"));
+        TickReader {
+            fd,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next line (without its line ending), within `timeout`.
+    pub async fn line(&mut self, timeout: Duration) -> io::Result<String> {
+        tokio::time::timeout(timeout, self.line_inner())
+            .await
+            .map_err(|_| io::Error::other(format!("no line within {timeout:?}")))?
+    }
+
+    async fn line_inner(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+            }
+            let mut guard = self.fd.readable().await?;
+            let mut buf = [0u8; 4096];
+            match guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref().as_fd(), &mut buf).map_err(io::Error::from)
+            }) {
+                Ok(Ok(0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(Ok(n)) => self.pending.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// The counters of the next `n` tick lines, each within `timeout`; any other line
+    /// is an error.
+    pub async fn ticks(&mut self, n: usize, timeout: Duration) -> io::Result<Vec<u64>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let line = self.line(timeout).await?;
+            let tick = workload::parse_tick(&line)
+                .ok_or_else(|| io::Error::other(format!("not a tick line: {line:?}")))?;
+            out.push(tick);
+        }
+        Ok(out)
+    }
+}
+
 /// A restored tree's root, re-parented to us. Killed and reaped on drop.
 pub struct Restored {
     pub pid: i32,
@@ -171,7 +400,12 @@ impl Drop for Restored {
 
 /// The pids of this process's children named criu (alive or zombie).
 pub fn criu_children() -> Vec<i32> {
-    let me = std::process::id().to_string();
+    criu_children_of(std::process::id())
+}
+
+/// The pids of `parent`'s children named criu (alive or zombie).
+pub fn criu_children_of(parent: u32) -> Vec<i32> {
+    let me = parent.to_string();
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
