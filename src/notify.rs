@@ -202,6 +202,10 @@ pub enum Reply {
     Externals(Vec<String>),
     /// Stop: criu fails the request and rolls back. The error is returned to the
     /// caller of the request inside [`Error::Hook`].
+    ///
+    /// criu ignores failures of a few hooks (`network-unlock`, `post-resume`): the
+    /// request then succeeds and the hook's error is only logged (a `tracing`
+    /// warning), since nothing was rolled back.
     Fail(BoxError),
 }
 

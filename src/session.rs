@@ -241,11 +241,24 @@ impl Session {
         hooks: &mut H,
     ) -> Result<DumpOutcome> {
         let pid = p.pid.unwrap_or_default();
+        let lazy = p.opts.lazy_pages == Some(true);
         let (p, _) = self.one_shot(p, hooks).await?;
+        let stats = if lazy {
+            // criu starts its lazy page server with fresh (zeroed) dump counters, so
+            // the stats-dump it then writes describes nothing.
+            Err(Error::Unsupported {
+                what: "stats of a lazy dump".into(),
+                reason: "criu resets its dump statistics when it starts serving pages \
+                         lazily; its stats-dump holds no figures of the dump"
+                    .into(),
+            })
+        } else {
+            read_in(&p, stats::read_dump_stats)
+        };
         Ok(DumpOutcome {
             pid,
             log: p.log_path(),
-            stats: read_in(&p, stats::read_dump_stats),
+            stats,
             images_dir: p.images_dir,
         })
     }

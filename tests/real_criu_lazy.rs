@@ -4,8 +4,11 @@
 
 mod common;
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
 use criu_swrk::lazy::LazyPagesOptions;
-use criu_swrk::{DumpOptions, Error, RestoreOptions};
+use criu_swrk::{DumpOptions, Error, Notification, Reply, RestoreOptions};
 
 const PIPE_MAX_SIZE: &str = "/proc/sys/fs/pipe-max-size";
 
@@ -112,5 +115,96 @@ async fn lazy_pages_daemon_without_images_says_why() {
             .unwrap()
             .ends_with("lazy-pages.log")
     );
+    common::assert_no_criu_left().await;
+}
+
+/// A free TCP port on loopback (bound and released).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Waits until something listens on `port` (read from /proc/net/tcp, so no
+/// connection is taken from the listener).
+async fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let needle = format!(":{port:04X} 00000000:0000 0A");
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        if table.contains(&needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn copy_images(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn remote_post_copy_serves_pages_from_the_dumping_side() {
+    let Some(env) = common::env() else { return };
+    // criu needs 4 MiB pipes for a lazy dump (see the notes); put the old limit back
+    // afterwards.
+    let _pipes = PipeMaxSize::set(4 * 1024 * 1024);
+    // Its own PID namespace: the original stays (frozen) while its pages are served,
+    // and the copy must not clash with its pid.
+    let mut target = env.ns_workload(64);
+    let src = env.subdir("src");
+    let dst = env.subdir("dst");
+    let port = free_port();
+
+    let dump = {
+        let criu = env.criu.clone();
+        let (src, dst) = (src.clone(), dst.clone());
+        let opts = DumpOptions::new(target.pid)
+            .images_dir(&src)
+            .lazy_pages(true)
+            .page_server("127.0.0.1", port);
+        tokio::spawn(async move {
+            // At post-dump every image but the pages is written: ship them.
+            let mut hooks = move |n: Notification| {
+                if matches!(n, Notification::PostDump) {
+                    copy_images(&src, &dst);
+                }
+                std::future::ready(Reply::ok())
+            };
+            criu.dump_with(opts, &mut hooks).await
+        })
+    };
+    wait_listening(port).await;
+
+    let daemon = env
+        .criu
+        .lazy_pages(LazyPagesOptions::new(&dst).page_server("127.0.0.1", port))
+        .await
+        .unwrap();
+    let out = env
+        .criu
+        .restore(RestoreOptions::new().images_dir(&dst).lazy_pages(true))
+        .await
+        .unwrap();
+    let restored = target.restored(out.pid);
+    // Post-copy for real: the restore itself wrote only a fraction of the buffer.
+    let buffer_pages = target.info.len / 4096;
+    let eager = out.stats.unwrap().pages_restored.unwrap_or(0);
+    assert!(
+        eager < buffer_pages / 2,
+        "{eager} of {buffer_pages} pages restored eagerly"
+    );
+    daemon.wait().await.unwrap();
+    let dumped = dump.await.unwrap().unwrap();
+    // criu's counters are reset when it starts serving pages: no stats to report.
+    assert!(dumped.stats.unwrap_err().is_unsupported());
+    // Without leave_running criu killed the original once its pages were served.
+    target.reap_dumped();
+    restored.assert_alive_and_intact();
     common::assert_no_criu_left().await;
 }
