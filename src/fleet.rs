@@ -165,8 +165,8 @@ impl Fleet {
     where
         I: IntoIterator<Item = DumpOptions>,
     {
-        let prepared = targets.into_iter().map(DumpOptions::prepare).collect();
-        self.run(prepared, |criu, p, hooks| {
+        let targets = targets.into_iter().collect();
+        self.run(targets, DumpOptions::prepare, |criu, p, hooks| {
             Box::pin(async move {
                 let mut p = p;
                 let session = criu.session_for(&mut p)?;
@@ -182,8 +182,8 @@ impl Fleet {
     where
         I: IntoIterator<Item = RestoreOptions>,
     {
-        let prepared = targets.into_iter().map(RestoreOptions::prepare).collect();
-        self.run(prepared, |criu, p, hooks| {
+        let targets = targets.into_iter().collect();
+        self.run(targets, RestoreOptions::prepare, |criu, p, hooks| {
             Box::pin(async move {
                 let mut p = p;
                 let session = criu.session_for(&mut p)?;
@@ -193,8 +193,18 @@ impl Fleet {
         })
     }
 
-    fn run<T, F>(&self, targets: Vec<Result<Prepared>>, request: F) -> Batch<T>
+    /// Runs `request` for each target, `prepare`d only when its slot comes up:
+    /// preparing opens the images directory and holds it open until the request
+    /// ends, so preparing a whole batch up front would hold one fd per queued target
+    /// and fail every target past `RLIMIT_NOFILE` (1024 by default) with EMFILE.
+    fn run<O, T, F>(
+        &self,
+        targets: Vec<O>,
+        prepare: fn(O) -> Result<Prepared>,
+        request: F,
+    ) -> Batch<T>
     where
+        O: Send + 'static,
         T: Send + 'static,
         F: for<'a> Fn(
                 Criu,
@@ -215,13 +225,13 @@ impl Fleet {
         tokio::spawn(async move {
             let request = &request;
             futures::stream::iter(targets.into_iter().enumerate())
-                .map(|(target, p)| {
+                .map(|(target, opts)| {
                     let tx = tx.clone();
                     let token = token.clone();
                     let criu = fleet.criu.clone();
                     let timeout = fleet.timeout;
                     async move {
-                        let result = match p {
+                        let result = match prepare(opts) {
                             Err(e) => Err(e),
                             Ok(p) if token.is_cancelled() => Err(Error::Cancelled {
                                 request: p.kind,

@@ -1,0 +1,406 @@
+//! The `criu-swrk` command-line tool against real criu and real processes (root):
+//! batches of dumps and restores, a failing target among good ones, a batch rolled back
+//! by its timeout, the bound on criu processes, usage errors and the one-object
+//! answers.
+//!
+//! Outside CI the real-criu tests skip when root or criu is missing; with `CI=true`
+//! they fail. Restored trees are re-parented to this process (a child subreaper, see
+//! `common::env`) when the tool's criu exits; each test kills and reaps them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::Value;
+
+const CLI: &str = env!("CARGO_BIN_EXE_criu-swrk");
+
+/// Runs the tool with `args`, stdin on /dev/null, output captured.
+fn cli<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(CLI)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running criu-swrk")
+}
+
+/// The tool's exit code, with its output in the panic message when it is not `want`.
+fn assert_exit(out: &Output, want: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(want),
+        "exit status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The JSON lines of the tool's stdout, by their `target`.
+fn json_by_target(out: &Output) -> HashMap<String, Value> {
+    let stdout = String::from_utf8(out.stdout.clone()).expect("UTF-8 stdout");
+    let mut by_target = HashMap::new();
+    for line in stdout.lines() {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let target = v["target"].as_str().expect("a target").to_owned();
+        assert!(
+            by_target.insert(target, v).is_none(),
+            "a target reported twice:\n{stdout}"
+        );
+    }
+    by_target
+}
+
+/// `dump-many --json` of `pids` into `root`, plus `extra` arguments.
+fn dump_many(root: &Path, jobs: u32, extra: &[&str], pids: &[i32]) -> Output {
+    let mut args = vec![
+        "--json".to_owned(),
+        "dump-many".into(),
+        "--images-root".into(),
+        root.display().to_string(),
+        "--jobs".into(),
+        jobs.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(pids.iter().map(i32::to_string));
+    cli(args)
+}
+
+/// Checks a successful dump's JSON line for `target` (dumped into `root`).
+fn assert_dumped(line: &Value, target: &common::Target, root: &Path) {
+    let dir = std::fs::canonicalize(root.join(target.pid.to_string())).unwrap();
+    assert_eq!(line["ok"], true, "{line}");
+    assert_eq!(line["pid"], target.pid, "{line}");
+    assert_eq!(line["images_dir"], dir.to_str().unwrap(), "{line}");
+    assert!(line["error"].is_null(), "{line}");
+    let written = line["stats"]["pages_written"].as_u64().expect("stats");
+    assert!(written >= target.info.len / 4096, "{line}");
+    assert!(dir.join("inventory.img").exists());
+}
+
+/// `restore-many --json` of the images of `targets` (dumped into `root`, reaped),
+/// checking each restored tree's memory; returns them (killed and reaped on drop).
+fn restore_all(root: &Path, targets: &[common::Target]) -> Vec<common::Restored> {
+    let dirs: Vec<PathBuf> = targets
+        .iter()
+        .map(|t| root.join(t.pid.to_string()))
+        .collect();
+    let mut args = vec![
+        "--json".into(),
+        "restore-many".into(),
+        "--jobs".into(),
+        "3".into(),
+    ];
+    args.extend(dirs.iter().map(|d| d.display().to_string()));
+    let out = cli(args);
+    // Whatever the tool says, everything it restored is ours to kill and reap.
+    let lines = json_by_target(&out);
+    let restored: Vec<common::Restored> = lines
+        .values()
+        .filter_map(|l| l["pid"].as_i64())
+        .filter_map(|pid| {
+            let t = targets.iter().find(|t| i64::from(t.pid) == pid)?;
+            Some(t.restored(t.pid))
+        })
+        .collect();
+    assert_exit(&out, 0);
+    assert_eq!(lines.len(), targets.len());
+    for (target, dir) in targets.iter().zip(&dirs) {
+        let line = &lines[dir.to_str().unwrap()];
+        assert_eq!(line["ok"], true, "{line}");
+        // criu gives the tree its pid back.
+        assert_eq!(line["pid"], target.pid, "{line}");
+        let pages = line["stats"]["pages_restored"].as_u64().expect("stats");
+        assert!(pages >= target.info.len / 4096, "{line}");
+    }
+    for r in &restored {
+        r.assert_alive_and_intact();
+    }
+    restored
+}
+
+/// A pid no process has, below `pid_max`.
+fn free_pid() -> i32 {
+    let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    (300..max)
+        .rev()
+        .find(|p| !common::exists(*p as u32))
+        .expect("a free pid")
+}
+
+#[test]
+fn dump_many_then_restore_many_keeps_every_target_intact() {
+    let Some(env) = common::env() else { return };
+    let mut targets: Vec<_> = (0..8).map(|_| env.workload(16)).collect();
+    let root = env.dir.path().join("images");
+    let pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
+
+    let out = dump_many(&root, 3, &[], &pids);
+    assert_exit(&out, 0);
+    let lines = json_by_target(&out);
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    for t in &targets {
+        assert_dumped(&lines[&t.pid.to_string()], t, &root);
+    }
+    for t in &mut targets {
+        t.reap_dumped();
+    }
+
+    let restored = restore_all(&root, &targets);
+    assert_eq!(restored.len(), 8);
+    assert!(common::criu_children().is_empty());
+}
+
+#[test]
+fn a_nonexistent_pid_fails_alone() {
+    let Some(env) = common::env() else { return };
+    let mut targets: Vec<_> = (0..5).map(|_| env.workload(16)).collect();
+    let root = env.dir.path().join("images");
+    let missing = free_pid();
+    let mut pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
+    pids.insert(2, missing);
+
+    let out = dump_many(&root, 3, &[], &pids);
+    assert_exit(&out, 1);
+    let lines = json_by_target(&out);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let bad = &lines[&missing.to_string()];
+    assert_eq!(bad["ok"], false, "{bad}");
+    assert_eq!(bad["pid"], missing, "{bad}");
+    assert!(bad["stats"].is_null(), "{bad}");
+    let error = bad["error"].as_str().expect("an error");
+    // criu's own reason, for the right pid.
+    assert!(
+        error.contains(&format!("criu refused the dump request for pid {missing}"))
+            && error.contains("No such process"),
+        "{error}"
+    );
+    // The error also reaches stderr, naming the target.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("criu-swrk: {missing}: criu refused")),
+        "{stderr}"
+    );
+    for t in &targets {
+        assert_dumped(&lines[&t.pid.to_string()], t, &root);
+    }
+    for t in &mut targets {
+        t.reap_dumped();
+    }
+
+    restore_all(&root, &targets);
+}
+
+#[test]
+fn a_batch_past_its_timeout_leaves_every_target_running() {
+    let Some(env) = common::env() else { return };
+    // 256 MiB take criu far longer than 50 ms to dump; the third target waits for a
+    // slot and times out on its own.
+    let targets: Vec<_> = (0..3).map(|_| env.workload(256)).collect();
+    let root = env.dir.path().join("images");
+    let pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
+
+    // No --leave-running: a dump that went through would kill its target.
+    let out = dump_many(&root, 2, &["--timeout", "0.05"], &pids);
+    assert_exit(&out, 1);
+    let lines = json_by_target(&out);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for t in &targets {
+        let line = &lines[&t.pid.to_string()];
+        assert_eq!(line["ok"], false, "{line}");
+        let error = line["error"].as_str().expect("an error");
+        assert!(error.contains("timed out after 50ms"), "{error}");
+        t.assert_alive_and_intact();
+    }
+    assert!(common::criu_children().is_empty());
+}
+
+#[test]
+fn jobs_bound_the_criu_processes_alive_at_once() {
+    let Some(env) = common::env() else { return };
+    let targets: Vec<_> = (0..8).map(|_| env.workload(32)).collect();
+    let root = env.dir.path().join("images");
+    let mut args = vec![
+        "dump-many".to_owned(),
+        "--leave-running".into(),
+        "--jobs".into(),
+        "2".into(),
+        "--images-root".into(),
+        root.display().to_string(),
+    ];
+    args.extend(targets.iter().map(|t| t.pid.to_string()));
+    let child = Command::new(CLI)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running criu-swrk");
+
+    // Count the tool's criu children (zombies included: the tool reaps each criu
+    // before its slot frees) as fast as /proc can be read, until the tool exits.
+    let cli_pid = child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut most, mut samples) = (0, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                most = most.max(common::criu_children_of(cli_pid).len());
+                samples += 1;
+            }
+            (most, samples)
+        }
+    });
+    let out = child.wait_with_output().expect("waiting for criu-swrk");
+    stop.store(true, Ordering::Relaxed);
+    let (most, samples) = watcher.join().expect("the watcher");
+
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 8, "{stdout}");
+    assert!(samples > 20, "only {samples} looks at /proc");
+    assert_eq!(
+        most, 2,
+        "with --jobs 2, at most 2 criu processes should run and 2 should overlap"
+    );
+    for t in &targets {
+        t.assert_alive_and_intact();
+    }
+    // The plain (non-terminal) progress: a line per start and per hook.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches(": started (criu pid").count(), 8, "{stderr}");
+    assert_eq!(stderr.matches(": post-dump").count(), 8, "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let cases: &[&[&str]] = &[
+        &[],
+        &["no-such-command"],
+        &["dump", "--images-dir", "/tmp"],
+        &["dump", "--pid", "0", "--images-dir", "/tmp"],
+        &[
+            "dump",
+            "--pid",
+            "1",
+            "--images-dir",
+            "/tmp",
+            "--timeout",
+            "-1",
+        ],
+        &["dump-many", "--images-root", "/tmp"],
+        &["dump-many", "--images-root", "/tmp", "--jobs", "0", "1"],
+        &["dump-many", "--images-root", "/tmp", "not-a-pid"],
+        &["restore"],
+        &["restore-many"],
+    ];
+    for args in cases {
+        let out = cli(*args);
+        assert_eq!(out.status.code(), Some(2), "criu-swrk {args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "criu-swrk {args:?}: {out:?}");
+    }
+}
+
+/// The one JSON object `criu-swrk --json ARGS` prints, and its exit code.
+fn one_object(args: &[&str]) -> (Value, Option<i32>) {
+    let out = cli(args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    let v = serde_json::from_str(lines.next().expect("a line")).expect("JSON");
+    assert!(lines.next().is_none(), "one line: {stdout}");
+    (v, out.status.code())
+}
+
+#[test]
+fn version_features_and_check_answer_with_one_json_object() {
+    let Some(env) = common::env() else { return };
+    let binary = env.criu.binary().unwrap();
+
+    let (v, code) = one_object(&["--json", "version"]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["ok"], true);
+    assert!(v["error"].is_null());
+    assert_eq!(v["target"], binary.to_str().unwrap());
+    let major = v["major"].as_u64().expect("major");
+    assert!(major >= 4, "{v}");
+    let version = v["version"].as_str().expect("version");
+    assert!(
+        version.starts_with(&format!("{major}.{}", v["minor"])),
+        "{v}"
+    );
+
+    let (f, code) = one_object(&["features", "--json"]);
+    assert_eq!(code, Some(0), "{f}");
+    assert_eq!(f["ok"], true);
+    for key in ["mem_track", "lazy_pages", "pidfd_store"] {
+        assert!(f["features"][key].is_boolean(), "{key}: {f}");
+    }
+
+    let (c, code) = one_object(&["--json", "check"]);
+    assert_eq!(code, Some(0), "{c}");
+    assert_eq!(c["ok"], true);
+
+    // A criu that is not there: exit 1, the error names it.
+    let (e, code) = one_object(&["--json", "--criu", "/nonexistent/criu", "version"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert_eq!(e["ok"], false);
+    assert_eq!(e["target"], "/nonexistent/criu");
+    assert!(
+        e["error"].as_str().unwrap().contains("/nonexistent/criu"),
+        "{e}"
+    );
+}
+
+/// A regression test for `Fleet`: a batch larger than the fd limit. Each target holds
+/// its images directory open while its request runs; preparing every target up front
+/// made each one past `RLIMIT_NOFILE` fail with EMFILE instead of being tried.
+#[test]
+fn a_batch_larger_than_the_fd_limit_tries_every_target() {
+    let Some(env) = common::env() else { return };
+    let root = env.dir.path().join("images");
+    // 50 pids no process has: each is tried, and criu refuses it.
+    let pids: Vec<String> = (3_000_000..)
+        .filter(|p| !common::exists(*p))
+        .take(50)
+        .map(|p| p.to_string())
+        .collect();
+    let mut cmd = Command::new(CLI);
+    cmd.args(["--json", "dump-many", "--jobs", "4", "--images-root"])
+        .arg(&root)
+        .args(&pids)
+        .stdin(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let limit = nix::libc::rlimit {
+                rlim_cur: 40,
+                rlim_max: 40,
+            };
+            if nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("running criu-swrk");
+    assert_exit(&out, 1);
+    let lines = json_by_target(&out);
+    assert_eq!(lines.len(), pids.len());
+    for line in lines.values() {
+        let error = line["error"].as_str().expect("an error");
+        assert!(error.contains("No such process"), "{error}");
+    }
+}
