@@ -67,7 +67,11 @@ pub fn run(mib: usize, info_path: &Path) -> ! {
         sum: checksum(buf),
         counter: counter as *mut u64 as u64,
     };
-    let tmp = info_path.with_extension("tmp");
+    // Next to the info file, under a name of its own (`with_extension` would map
+    // `info.1` and `info.2` to the same `info.tmp`).
+    let mut tmp = info_path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     std::fs::write(
         &tmp,
         format!(

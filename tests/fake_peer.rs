@@ -477,7 +477,7 @@ async fn check_sends_one_check_request() {
     let req = &peer.received[0];
     assert_ne!(req.keep_open, Some(true), "CHECK ends criu");
     let opts = req.opts.as_ref().expect("CHECK carries options");
-    assert_eq!(opts.log_level, Some(4), "criu logs at debug level");
+    assert_eq!(opts.log_level, Some(2), "criu's own default level");
 }
 
 #[tokio::test]
@@ -547,7 +547,7 @@ async fn dump_sends_its_options_answers_hooks_and_reads_stats() {
     assert_eq!(opts.leave_running, Some(true));
     assert_eq!(opts.tcp_established, Some(true));
     assert_eq!(opts.log_file.as_deref(), Some("dump.log"));
-    assert_eq!(opts.log_level, Some(4));
+    assert_eq!(opts.log_level, Some(2));
     assert_ne!(peer.received[0].keep_open, Some(true));
     // Notify answers carry no options when there is nothing to declare.
     assert!(peer.received[1..].iter().all(|r| r.opts.is_none()));
