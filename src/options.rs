@@ -581,14 +581,7 @@ macro_rules! tree_setters {
             /// master to the `orphan-pts-master` hook.
             orphan_pts_master
         );
-        flag!(
-            /// Use TLS for page-server connections (criu 3.13+).
-            tls
-        );
-        flag!(
-            /// Do not verify the TLS peer's common name.
-            tls_no_cn_verify
-        );
+        tls_setters!();
 
         /// Declares an external resource (criu's `--external`, e.g. `mnt[/x]:key`,
         /// `file[inode]`, `net[inode]:name`). Repeatable.
@@ -657,13 +650,28 @@ macro_rules! tree_setters {
             self
         }
 
+    };
+}
+
+/// TLS setters: page-server connections of dumps, restores and page servers.
+macro_rules! tls_setters {
+    () => {
+        flag!(
+            /// Use TLS for page-server connections (criu 3.13+).
+            tls
+        );
+        flag!(
+            /// Do not verify the TLS peer's common name.
+            tls_no_cn_verify
+        );
+
         /// TLS CA certificate file.
         pub fn tls_cacert(mut self, path: impl Into<String>) -> Self {
             self.c.opts.tls_cacert = Some(path.into());
             self
         }
 
-        /// TLS certificate revocation list.
+        /// TLS certificate revocation list: peer certificates it lists are refused.
         pub fn tls_cacrl(mut self, path: impl Into<String>) -> Self {
             self.c.opts.tls_cacrl = Some(path.into());
             self
@@ -1103,38 +1111,7 @@ impl PageServerOptions {
         self
     }
 
-    flag!(
-        /// Use TLS (criu 3.13+).
-        tls
-    );
-    flag!(
-        /// Do not verify the TLS peer's common name.
-        tls_no_cn_verify
-    );
-
-    /// TLS CA certificate file.
-    pub fn tls_cacert(mut self, path: impl Into<String>) -> Self {
-        self.c.opts.tls_cacert = Some(path.into());
-        self
-    }
-
-    /// TLS certificate file.
-    pub fn tls_cert(mut self, path: impl Into<String>) -> Self {
-        self.c.opts.tls_cert = Some(path.into());
-        self
-    }
-
-    /// TLS private key file.
-    pub fn tls_key(mut self, path: impl Into<String>) -> Self {
-        self.c.opts.tls_key = Some(path.into());
-        self
-    }
-
-    /// TLS certificate revocation list: client certificates it lists are refused.
-    pub fn tls_cacrl(mut self, path: impl Into<String>) -> Self {
-        self.c.opts.tls_cacrl = Some(path.into());
-        self
-    }
+    tls_setters!();
 
     flag!(
         /// Serve the memory of the dump in the images directory to a remote

@@ -1389,19 +1389,8 @@ async fn a_timeout_during_a_hook_answers_it_with_failure() {
         p
     });
     let (started_tx, started) = oneshot::channel();
-    let mut started_tx = Some(started_tx);
-    let mut hooks = move |n: Notification| {
-        let stuck = matches!(n, Notification::PostDump);
-        if stuck && let Some(tx) = started_tx.take() {
-            let _ = tx.send(());
-        }
-        async move {
-            if stuck {
-                std::future::pending::<()>().await;
-            }
-            Reply::ok()
-        }
-    };
+    // Stuck at the second hook, post-dump.
+    let mut hooks = stuck_after_first(started_tx);
     let opts = DumpOptions::new(TARGET)
         .images_dir(dir.path())
         .timeout(Duration::from_millis(250));
