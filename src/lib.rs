@@ -16,6 +16,11 @@
 //!   with async code or through a stream.
 //! * [`Error`]: one error type; criu's refusals carry its message and its log's error
 //!   lines ([`Refusal`]).
+//! * [`fleet::Fleet`]: many targets at once, bounded, with progress events and a
+//!   cancel that rolls every dump back.
+//! * [`lazy`]: a supervised `criu lazy-pages` daemon for post-copy restores;
+//!   [`Criu::page_server`] and [`Session::page_server_child`] for pages over the
+//!   network; [`stats`] for criu's stats images.
 //!
 //! # Never losing the target
 //!
