@@ -179,12 +179,7 @@ async fn restore_with_inherit_fd_replaces_the_stdout_pipe() {
     // The restored task goes on counting where the original stopped, and writes to
     // the pipe we gave criu.
     let mut new = common::TickReader::new(new_r);
-    let after = new.ticks(3, TICK_WAIT).await.unwrap();
-    assert!(
-        after[0] > last_before,
-        "ticks after the restore {after:?} should continue after {last_before}"
-    );
-    assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
+    assert_ticks_continue(&mut new, last_before).await;
     restored.assert_alive_and_intact();
     drop(restored);
     common::assert_no_criu_left().await;
@@ -282,12 +277,7 @@ async fn orphan_pts_master_hands_over_a_working_console() {
     );
     // ...and what it writes arrives through the master criu handed us.
     let mut console = common::TickReader::new(new_master);
-    let after = console.ticks(3, TICK_WAIT).await.unwrap();
-    assert!(
-        after[0] > last_before,
-        "ticks after the restore {after:?} should continue after {last_before}"
-    );
-    assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
+    assert_ticks_continue(&mut console, last_before).await;
     restored.assert_alive_and_intact();
     // Kill the restored task before its console goes: a closed master hangs it up.
     drop(restored);
@@ -403,4 +393,14 @@ async fn two_restores_of_the_same_images_side_by_side() {
     b.assert_alive_and_intact();
     drop(b);
     common::assert_no_criu_left().await;
+}
+
+/// Asserts the next three tick lines on `reader` count on from `last_before`.
+async fn assert_ticks_continue(reader: &mut common::TickReader, last_before: u64) {
+    let after = reader.ticks(3, TICK_WAIT).await.unwrap();
+    assert!(
+        after[0] > last_before,
+        "ticks after the restore {after:?} should continue after {last_before}"
+    );
+    assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
 }
