@@ -65,7 +65,7 @@
 //!
 //! # Requirements
 //!
-//! Linux, root (or the capabilities criu needs), criu 3.15 or later (4.x tested), and a
+//! Linux, root (or the capabilities criu needs), criu 3.15 or later (tested with 4.1.1), and a
 //! Tokio runtime with the `process`, `net` and `time` drivers.
 #![warn(missing_docs)]
 
