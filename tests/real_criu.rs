@@ -157,12 +157,20 @@ async fn dropped_dump_leaves_the_target_running() {
     let opts = DumpOptions::new(target.pid).images_dir(&images);
     let task = tokio::spawn(async move {
         let mut hooks = move |n: Notification| {
+            let post_dump = matches!(n, Notification::PostDump);
             if matches!(n, Notification::PreDump)
                 && let Some(tx) = reached_tx.take()
             {
                 let _ = tx.send(());
             }
-            std::future::ready(Reply::ok())
+            async move {
+                // Should criu be faster than the abort below, the drop still lands
+                // before the dump is committed: post-dump is never agreed to.
+                if post_dump {
+                    std::future::pending::<()>().await;
+                }
+                Reply::ok()
+            }
         };
         session.dump_with(opts, &mut hooks).await
     });
