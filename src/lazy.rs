@@ -173,12 +173,11 @@ impl crate::Criu {
     /// # Cancel safety
     /// Dropping the future kills and reaps the daemon.
     pub async fn lazy_pages(&self, opts: LazyPagesOptions) -> Result<LazyPages> {
-        let path = self.binary()?;
         let (status_rx, status_tx) =
             std::io::pipe().map_err(|e| Error::io("creating the status pipe", e))?;
         // criu writes one byte to its status fd (our pipe, its fd 3) once it listens.
         let args = opts.args(spawn::SOCKET_FD)?;
-        let child = spawn::spawn_criu(&path, &args, vec![status_tx.into()])?;
+        let child = self.spawn(&args, vec![status_tx.into()])?;
         let log = opts.effective_work_dir().join(&opts.log_file);
         let mut daemon = LazyPages {
             child: Some(child),

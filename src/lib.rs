@@ -79,6 +79,7 @@ mod log;
 pub mod notify;
 pub mod options;
 mod outcome;
+mod process;
 pub mod proto;
 mod session;
 mod spawn;

@@ -5,17 +5,17 @@ use std::ffi::OsString;
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use command_fds::{CommandFdExt, FdMapping};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::net::unix::pipe::Receiver;
 use tokio_seqpacket::UnixSeqpacket;
 
 use crate::error::{Error, Result};
+use crate::process::{self, Child};
 
 /// The fd number of the RPC socket in criu's table.
 pub(crate) const SOCKET_FD: RawFd = 3;
@@ -89,8 +89,9 @@ fn check_candidate(p: &Path, tried: &mut Vec<(PathBuf, String)>) -> Option<PathB
     }
 }
 
-/// A running `criu swrk` child: reaped by [`Supervised::finish`], or in the background
-/// when dropped.
+/// A running criu child: reaped by [`Supervised::finish`] or [`Supervised::wait`];
+/// dropped before that (runtime gone, or a panic), it is killed and reaped in the
+/// background so it never outlives us unreaped.
 #[derive(Debug)]
 pub(crate) struct Supervised {
     child: Child,
@@ -117,75 +118,34 @@ pub(crate) fn spawn(path: &Path, passed: Vec<OwnedFd>) -> Result<(Supervised, Un
 }
 
 /// Starts `criu args...` with `fds` at 3, 4, ... in its table and nothing else of
-/// ours (every other fd is close-on-exec in the child, whatever its flags here, so
-/// nothing reaches criu by accident, not even fds a concurrent spawn just created).
-/// criu gets its own process group so a terminal's Ctrl-C reaches us, not criu.
+/// ours (no other fd reaches criu, whatever its flags here, not even fds a concurrent
+/// spawn just created). criu gets its own process group so a terminal's Ctrl-C reaches
+/// us, not criu.
 pub(crate) fn spawn_criu(path: &Path, args: &[String], fds: Vec<OwnedFd>) -> Result<Supervised> {
-    let first_unmapped = SOCKET_FD + fds.len() as RawFd;
-    let mappings = fds
-        .into_iter()
-        .enumerate()
-        .map(|(i, fd)| FdMapping {
-            parent_fd: fd,
-            child_fd: SOCKET_FD + i as RawFd,
-        })
-        .collect();
-    let mut cmd = Command::new(path);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    cmd.fd_mappings(mappings)
-        .expect("fd mappings use distinct child fds by construction");
-    // SAFETY: the closure only makes syscalls; it does not allocate or take locks.
-    unsafe {
-        cmd.pre_exec(move || cloexec_from(first_unmapped));
-    }
-    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+    let spawn_err = |source| Error::Spawn {
         path: path.to_path_buf(),
         source,
-    })?;
-    // `cmd` holds the fds meant for criu (its end of the socket among them):
-    // dropping it here means end-of-stream on our end is exactly "criu (and its
-    // children) went away".
-    drop(cmd);
+    };
+    let (stderr_rx, stderr_tx) = std::io::pipe().map_err(spawn_err)?;
+    let plan = process::FdPlan {
+        stderr: stderr_tx.into(),
+        first_mapped: SOCKET_FD,
+        mapped: fds,
+    };
+    // `plan` (our copies of criu's fds, its socket end among them) is dropped by
+    // `start`: end-of-stream on our end is exactly "criu (and its children) went away".
+    let child = process::start(path, args, plan).map_err(spawn_err)?;
     let pid = child.id();
     tracing::debug!(criu.pid = pid, criu.path = %path.display(), ?args, "spawned criu");
-    let stderr = StderrTail::start(child.stderr.take(), pid);
-    Ok(Supervised { child, pid, stderr })
-}
-
-/// Marks every fd from `first` up close-on-exec. Runs between fork and exec.
-fn cloexec_from(first: RawFd) -> std::io::Result<()> {
-    const CLOSE_RANGE_CLOEXEC: nix::libc::c_uint = 1 << 2;
-    // SAFETY: a plain syscall on our own fd table.
-    let r = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_close_range,
-            first as nix::libc::c_uint,
-            nix::libc::c_uint::MAX,
-            CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    // Kernels before 5.11: walk the table up to the soft limit.
-    // SAFETY: getrlimit/fcntl on our own process, no allocation.
-    unsafe {
-        let mut lim = std::mem::zeroed::<nix::libc::rlimit>();
-        let max = if nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur.min(65536) as RawFd
-        } else {
-            1024
-        };
-        for fd in first..max {
-            nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
-        }
-    }
-    Ok(())
+    let stderr = StderrTail::start(
+        tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_rx.into()).ok(),
+        pid,
+    );
+    Ok(Supervised {
+        child,
+        pid: Some(pid),
+        stderr,
+    })
 }
 
 impl Supervised {
@@ -237,17 +197,6 @@ impl Supervised {
     }
 }
 
-impl Drop for Supervised {
-    fn drop(&mut self) {
-        // Reached only when `finish` was not awaited (runtime gone, or a panic): make
-        // sure criu does not outlive us unreaped. tokio reaps dropped children in the
-        // background.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.start_kill();
-        }
-    }
-}
-
 /// The tail of criu's stderr, collected by a background task (criu would block on a
 /// full pipe otherwise).
 #[derive(Debug, Clone)]
@@ -258,7 +207,7 @@ pub(crate) struct StderrTail {
 }
 
 impl StderrTail {
-    fn start(stderr: Option<ChildStderr>, pid: Option<u32>) -> Self {
+    fn start(stderr: Option<Receiver>, pid: u32) -> Self {
         let tail = StderrTail {
             buf: Arc::default(),
             done: Arc::default(),

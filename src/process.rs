@@ -1,0 +1,616 @@
+//! Starting a program with an exact fd table, and reaping it without a thread.
+//!
+//! criu must get our socket end (and the fds passed on purpose) at fixed numbers and
+//! nothing else of ours, even when other tasks of the same process spawn at the same
+//! moment. On glibc this is one `posix_spawn` (a `vfork`-style clone: no copy of our
+//! page tables, which a fork of a busy async process pays on every spawn) with dup2
+//! file actions and `closefrom`. Elsewhere a fork with a `close_range` pre-exec step does
+//! the same job. Either way the child is reaped through a pidfd watched by the runtime.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::fcntl::{FcntlArg, fcntl};
+use nix::libc;
+use tokio::io::unix::AsyncFd;
+
+/// What the child's fd table holds: stdin and stdout on `/dev/null`, `stderr` at 2 and
+/// `mapped[i]` at `first_mapped + i`; nothing else.
+pub(crate) struct FdPlan {
+    pub(crate) stderr: OwnedFd,
+    pub(crate) first_mapped: RawFd,
+    pub(crate) mapped: Vec<OwnedFd>,
+}
+
+/// Starts `path` with `args` (argv[0] is `path`), our environment, its own process
+/// group and default signal handling, and the fd table of `plan`.
+pub(crate) fn start(path: &Path, args: &[String], plan: FdPlan) -> io::Result<Child> {
+    #[cfg(target_env = "gnu")]
+    let pid = posix_spawn(path, args, plan)?;
+    #[cfg(not(target_env = "gnu"))]
+    let pid = fork_exec(path, args, plan)?;
+    Ok(Child::new(pid))
+}
+
+/// Moves every fd of the plan to a number at or above `floor`, close-on-exec, so that
+/// placing them at their low target numbers in the child never overwrites one that is
+/// still to be placed.
+fn lift(fd: OwnedFd, floor: RawFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= floor {
+        return Ok(fd);
+    }
+    let raw = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(floor)).map_err(io::Error::from)?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} contains a NUL byte", s.to_string_lossy()),
+        )
+    })
+}
+
+/// argv and envp as owned C strings; the pointer arrays borrow them.
+struct Argv {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+impl Argv {
+    fn new(path: &Path, args: &[String]) -> io::Result<Self> {
+        let path = cstring(path.as_os_str())?;
+        let mut argv = vec![path.clone()];
+        for a in args {
+            argv.push(cstring(OsStr::new(a))?);
+        }
+        // A copy of the environment taken under std's lock, rather than `environ`,
+        // which a concurrent `set_var` may be rewriting.
+        let envp = std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k.into_encoded_bytes();
+                kv.push(b'=');
+                kv.extend(v.into_encoded_bytes());
+                CString::new(kv)
+            })
+            .filter_map(std::result::Result::ok)
+            .collect();
+        Ok(Argv { path, argv, envp })
+    }
+
+    fn ptrs(v: &[CString]) -> Vec<*mut libc::c_char> {
+        v.iter()
+            .map(|c| c.as_ptr().cast_mut())
+            .chain(std::iter::once(std::ptr::null_mut()))
+            .collect()
+    }
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+#[cfg(target_env = "gnu")]
+fn posix_spawn(path: &Path, args: &[String], plan: FdPlan) -> io::Result<libc::pid_t> {
+    use std::mem::MaybeUninit;
+
+    struct Actions(libc::posix_spawn_file_actions_t);
+    impl Drop for Actions {
+        fn drop(&mut self) {
+            // SAFETY: initialized in `posix_spawn` before this guard exists.
+            unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
+        }
+    }
+    struct Attr(libc::posix_spawnattr_t);
+    impl Drop for Attr {
+        fn drop(&mut self) {
+            // SAFETY: as above.
+            unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+        }
+    }
+
+    let argv = Argv::new(path, args)?;
+    let end = plan.first_mapped + plan.mapped.len() as RawFd;
+    let stderr = lift(plan.stderr, end)?;
+    let mapped = plan
+        .mapped
+        .into_iter()
+        .map(|fd| lift(fd, end))
+        .collect::<io::Result<Vec<_>>>()?;
+    let dev_null = c"/dev/null";
+
+    // SAFETY: plain libc calls on structures we own; every string and fd outlives the
+    // `posix_spawn` call, which copies what it needs into the child.
+    unsafe {
+        let mut fa = MaybeUninit::uninit();
+        check(libc::posix_spawn_file_actions_init(fa.as_mut_ptr()))?;
+        let mut fa = Actions(fa.assume_init());
+        check(libc::posix_spawn_file_actions_addopen(
+            &mut fa.0,
+            0,
+            dev_null.as_ptr(),
+            libc::O_RDONLY,
+            0,
+        ))?;
+        check(libc::posix_spawn_file_actions_addopen(
+            &mut fa.0,
+            1,
+            dev_null.as_ptr(),
+            libc::O_WRONLY,
+            0,
+        ))?;
+        check(libc::posix_spawn_file_actions_adddup2(
+            &mut fa.0,
+            stderr.as_raw_fd(),
+            2,
+        ))?;
+        for (i, fd) in mapped.iter().enumerate() {
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut fa.0,
+                fd.as_raw_fd(),
+                plan.first_mapped + i as RawFd,
+            ))?;
+        }
+        // Whatever their flags here, no other fd of ours reaches the child.
+        check(libc::posix_spawn_file_actions_addclosefrom_np(
+            &mut fa.0, end,
+        ))?;
+
+        let mut attr = MaybeUninit::uninit();
+        check(libc::posix_spawnattr_init(attr.as_mut_ptr()))?;
+        let mut attr = Attr(attr.assume_init());
+        let mut none = MaybeUninit::uninit();
+        libc::sigemptyset(none.as_mut_ptr());
+        let mut all = MaybeUninit::uninit();
+        libc::sigfillset(all.as_mut_ptr());
+        check(libc::posix_spawnattr_setsigmask(&mut attr.0, none.as_ptr()))?;
+        check(libc::posix_spawnattr_setsigdefault(
+            &mut attr.0,
+            all.as_ptr(),
+        ))?;
+        check(libc::posix_spawnattr_setpgroup(&mut attr.0, 0))?;
+        check(libc::posix_spawnattr_setflags(
+            &mut attr.0,
+            (libc::POSIX_SPAWN_SETPGROUP
+                | libc::POSIX_SPAWN_SETSIGMASK
+                | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+        ))?;
+
+        let mut pid = 0;
+        let argp = Argv::ptrs(&argv.argv);
+        let envp = Argv::ptrs(&argv.envp);
+        check(libc::posix_spawn(
+            &mut pid,
+            argv.path.as_ptr(),
+            &fa.0,
+            &attr.0,
+            argp.as_ptr(),
+            envp.as_ptr(),
+        ))?;
+        Ok(pid)
+    }
+}
+
+/// The portable path (musl and other libcs without `posix_spawn_file_actions_addclosefrom_np`):
+/// fork, place the fds, mark the rest close-on-exec, exec.
+#[cfg_attr(target_env = "gnu", allow(dead_code))]
+fn fork_exec(path: &Path, args: &[String], plan: FdPlan) -> io::Result<libc::pid_t> {
+    use command_fds::{CommandFdExt, FdMapping};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let end = plan.first_mapped + plan.mapped.len() as RawFd;
+    let mappings = plan
+        .mapped
+        .into_iter()
+        .enumerate()
+        .map(|(i, fd)| FdMapping {
+            parent_fd: fd,
+            child_fd: plan.first_mapped + i as RawFd,
+        })
+        .collect();
+    let mut cmd = Command::new(path);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(plan.stderr))
+        .process_group(0);
+    cmd.fd_mappings(mappings)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    // SAFETY: the closure only makes syscalls; it does not allocate or take locks.
+    unsafe {
+        cmd.pre_exec(move || cloexec_from(end));
+    }
+    let child = cmd.spawn()?;
+    // std's `Child` neither waits nor kills on drop: ours reaps it.
+    Ok(child.id() as libc::pid_t)
+}
+
+/// Marks every fd from `first` up close-on-exec. Runs between fork and exec.
+#[cfg_attr(target_env = "gnu", allow(dead_code))]
+fn cloexec_from(first: RawFd) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: a plain syscall on our own fd table.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: walk the table up to the soft limit.
+    // SAFETY: getrlimit/fcntl on our own process, no allocation.
+    unsafe {
+        let mut lim = std::mem::zeroed::<libc::rlimit>();
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(65536) as RawFd
+        } else {
+            1024
+        };
+        for fd in first..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    Ok(())
+}
+
+/// A child process of ours, reaped by [`Child::wait`], or in the background when dropped
+/// before that (killed first).
+#[derive(Debug)]
+pub(crate) struct Child {
+    pid: libc::pid_t,
+    /// Readable once the child has exited; `None` on kernels before 5.3, where `wait`
+    /// polls instead.
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    status: Option<ExitStatus>,
+}
+
+impl Child {
+    fn new(pid: libc::pid_t) -> Self {
+        // SAFETY: pidfd_open on a child we have not reaped (its pid cannot be reused).
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let pidfd = (raw >= 0 && tokio::runtime::Handle::try_current().is_ok())
+            .then(|| {
+                // SAFETY: a fresh fd returned by the kernel, owned by nothing else.
+                let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as RawFd) };
+                // SAFETY: the OwnedFd keeps that same fd open for the AsyncFd's life.
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+            })
+            .flatten();
+        Child {
+            pid,
+            pidfd,
+            status: None,
+        }
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Reaps the child if it has exited.
+    pub(crate) fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = reap_now(self.pid)?;
+        }
+        Ok(self.status)
+    }
+
+    /// Waits for the child to exit and reaps it.
+    ///
+    /// Cancel safe: dropping the future leaves the child as it was.
+    pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(s);
+            }
+            match &self.pidfd {
+                Some(fd) => {
+                    let mut ready = fd.readable().await?;
+                    if let Some(s) = reap_now(self.pid)? {
+                        self.status = Some(s);
+                        return Ok(s);
+                    }
+                    ready.clear_ready();
+                }
+                None => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Sends SIGKILL unless the child is already reaped; `wait` still has to reap.
+    pub(crate) fn start_kill(&mut self) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        // SAFETY: the pid is our unreaped child, so it names that process still.
+        if unsafe { libc::kill(self.pid, libc::SIGKILL) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// `waitpid(pid, WNOHANG)`: the status if the child had exited (it is reaped now).
+fn reap_now(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
+    let mut raw = 0;
+    // SAFETY: waitpid on our own unreaped child.
+    match unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) } {
+        0 => Ok(None),
+        r if r < 0 => Err(io::Error::last_os_error()),
+        _ => Ok(Some(ExitStatus::from_raw(raw))),
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !matches!(self.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = self.start_kill();
+        let orphan = Orphan {
+            pid: self.pid,
+            pidfd: self.pidfd.take(),
+            reaped: false,
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(orphan.reap());
+        }
+        // Without a runtime, `orphan`'s drop reaps it on a thread.
+    }
+}
+
+/// A killed child nobody waits for any more; reaped in the background.
+struct Orphan {
+    pid: libc::pid_t,
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    reaped: bool,
+}
+
+impl Orphan {
+    async fn reap(mut self) {
+        // Anything but "still running" ends our duty (ECHILD: someone else reaped it).
+        let done = |pid| !matches!(reap_now(pid), Ok(None));
+        while !done(self.pid) {
+            match &self.pidfd {
+                Some(fd) => match fd.readable().await {
+                    Ok(mut ready) => {
+                        if done(self.pid) {
+                            break;
+                        }
+                        ready.clear_ready();
+                    }
+                    Err(_) => return,
+                },
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        self.reaped = true;
+    }
+}
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        // No runtime (or it is shutting down): a blocking wait on a short-lived thread.
+        // SIGKILL was sent, so it does not last.
+        let pid = self.pid;
+        let _ = std::thread::Builder::new()
+            .name("criu-reaper".into())
+            .spawn(move || {
+                let mut raw = 0;
+                // SAFETY: waitpid on our own unreaped child.
+                unsafe { libc::waitpid(pid, &mut raw, 0) };
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+
+    type Starter = fn(&Path, &[String], FdPlan) -> io::Result<libc::pid_t>;
+
+    fn starters() -> Vec<(&'static str, Starter)> {
+        let mut v: Vec<(&'static str, Starter)> = vec![("fork_exec", fork_exec)];
+        #[cfg(target_env = "gnu")]
+        v.push(("posix_spawn", posix_spawn));
+        v
+    }
+
+    /// The child's fd table (as `ls` of the shell's own fds) and what fd 3 and 4 are.
+    async fn fd_table_of_child(start: Starter) -> (String, ExitStatus, String, String) {
+        let (sock_ours, sock_theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (pipe_r, pipe_w) = std::io::pipe().unwrap();
+        // A stray fd without close-on-exec, as a careless library of the caller might
+        // leave: it must not reach the child.
+        // SAFETY: dup of our own stdin, owned right away.
+        let stray = unsafe { OwnedFd::from_raw_fd(libc::dup(0)) };
+        let (mut err_r, err_w) = std::io::pipe().unwrap();
+        let script = "exec >&2; ls /proc/$$/fd; readlink /proc/$$/fd/3 /proc/$$/fd/4";
+        let plan = FdPlan {
+            stderr: err_w.into(),
+            first_mapped: 3,
+            mapped: vec![sock_theirs.into(), pipe_w.into()],
+        };
+        let pid = start(
+            Path::new("/bin/sh"),
+            &["-c".to_string(), script.to_string()],
+            plan,
+        )
+        .unwrap();
+        let mut child = Child::new(pid);
+        let status = child.wait().await.unwrap();
+        let mut out = String::new();
+        err_r.read_to_string(&mut out).unwrap();
+        drop(stray);
+        let ino = |fd: &dyn AsRawFd| {
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        };
+        let (sock, pipe) = (ino(&sock_ours), ino(&pipe_r));
+        (out, status, sock, pipe)
+    }
+
+    #[tokio::test]
+    async fn the_child_gets_exactly_the_planned_fds() {
+        for (name, start) in starters() {
+            let (out, status, sock, pipe) = fd_table_of_child(start).await;
+            assert!(status.success(), "{name}: {status:?} {out}");
+            let mut lines = out.lines();
+            let fds: Vec<&str> = lines.by_ref().take(5).collect();
+            assert_eq!(fds, ["0", "1", "2", "3", "4"], "{name}: {out}");
+            // fd 3 is the other end of our socket pair (same inode number, socket:[N]
+            // differs by one end, so compare the kind) and fd 4 is our pipe.
+            let fd3 = lines.next().unwrap_or_default();
+            let fd4 = lines.next().unwrap_or_default();
+            assert!(
+                fd3.starts_with("socket:[") && sock.starts_with("socket:["),
+                "{name}: {out}"
+            );
+            assert_eq!(fd4, pipe, "{name}: {out}");
+        }
+    }
+
+    #[tokio::test]
+    async fn fds_sitting_on_each_others_target_numbers_are_not_clobbered() {
+        // mapped[0] is at 201 and goes to 200; mapped[1] is at 200 and goes to 201.
+        // Placing them one by one in place would overwrite one with the other.
+        for (name, start) in starters() {
+            let (r_a, w_a) = std::io::pipe().unwrap();
+            let (r_b, w_b) = std::io::pipe().unwrap();
+            let at = |fd: std::io::PipeWriter, n: RawFd| {
+                // SAFETY: dup2 onto a high number this test owns; the result is owned.
+                let r = unsafe { libc::dup2(fd.as_raw_fd(), n) };
+                assert_eq!(r, n);
+                unsafe { OwnedFd::from_raw_fd(n) }
+            };
+            let (a, b) = (at(w_a, 201), at(w_b, 200));
+            let (mut err_r, err_w) = std::io::pipe().unwrap();
+            let plan = FdPlan {
+                stderr: err_w.into(),
+                first_mapped: 200,
+                mapped: vec![a, b],
+            };
+            let script = "exec >&2; readlink /proc/$$/fd/200 /proc/$$/fd/201";
+            let pid = start(Path::new("/bin/sh"), &["-c".into(), script.into()], plan).unwrap();
+            let status = Child::new(pid).wait().await.unwrap();
+            let mut out = String::new();
+            err_r.read_to_string(&mut out).unwrap();
+            assert!(status.success(), "{name}: {status:?} {out}");
+            let ino = |fd: &dyn AsRawFd| {
+                std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let want = format!("{}\n{}\n", ino(&r_a), ino(&r_b));
+            assert_eq!(out, want, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_an_error_not_a_child() {
+        for (name, start) in starters() {
+            let (_r, w) = std::io::pipe().unwrap();
+            let plan = FdPlan {
+                stderr: w.into(),
+                first_mapped: 3,
+                mapped: vec![],
+            };
+            let err = start(Path::new("/nonexistent/criu"), &[], plan).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::NotFound, "{name}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn kill_then_wait_reports_the_signal() {
+        let (_r, w) = std::io::pipe().unwrap();
+        let plan = FdPlan {
+            stderr: w.into(),
+            first_mapped: 3,
+            mapped: vec![],
+        };
+        let mut child = start(Path::new("/bin/sleep"), &["60".into()], plan).unwrap();
+        assert!(child.try_wait().unwrap().is_none());
+        child.start_kill().unwrap();
+        let status = child.wait().await.unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Reaped: the pid is gone, not a zombie.
+        assert!(!Path::new(&format!("/proc/{}", child.id())).exists());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_child_is_killed_and_reaped() {
+        let (_r, w) = std::io::pipe().unwrap();
+        let plan = FdPlan {
+            stderr: w.into(),
+            first_mapped: 3,
+            mapped: vec![],
+        };
+        let child = start(Path::new("/bin/sleep"), &["60".into()], plan).unwrap();
+        let pid = child.id();
+        drop(child);
+        let gone = async {
+            while Path::new(&format!("/proc/{pid}")).exists() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), gone)
+            .await
+            .expect("the dropped child is reaped in the background");
+    }
+
+    #[test]
+    fn a_child_dropped_outside_a_runtime_is_reaped_too() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_r, w) = std::io::pipe().unwrap();
+        let plan = FdPlan {
+            stderr: w.into(),
+            first_mapped: 3,
+            mapped: vec![],
+        };
+        let child = rt
+            .block_on(async { start(Path::new("/bin/sleep"), &["60".into()], plan) })
+            .unwrap();
+        let pid = child.id();
+        drop(rt);
+        drop(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(std::time::Instant::now() < deadline, "pid {pid} not reaped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
