@@ -1,6 +1,7 @@
 //! [`Criu`]: which criu to run and how, and one-call requests that start a criu each.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use crate::codec::RequestKind;
 use std::time::Duration;
@@ -46,6 +47,9 @@ use crate::spawn;
 #[derive(Debug, Clone)]
 pub struct Criu {
     path: Option<PathBuf>,
+    /// Where the search found criu, shared by clones: a fleet spawns criu per target
+    /// and need not walk `$PATH` each time. Forgotten when spawning it fails.
+    found: Arc<Mutex<Option<PathBuf>>>,
     grace: Duration,
     timeout: Option<Duration>,
 }
@@ -54,6 +58,7 @@ impl Default for Criu {
     fn default() -> Self {
         Criu {
             path: None,
+            found: Arc::default(),
             grace: DEFAULT_GRACE,
             timeout: None,
         }
@@ -70,6 +75,7 @@ impl Criu {
     /// Run this criu binary (no fallback when it does not work).
     pub fn with_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.path = Some(path.into());
+        self.found = Arc::default();
         self
     }
 
@@ -89,10 +95,33 @@ impl Criu {
 
     /// The criu binary requests will run.
     ///
+    /// The search runs on first use and its answer is kept by this handle and its
+    /// clones, until starting that binary fails (then the next request searches again).
+    ///
     /// # Errors
     /// [`Error::NotFound`](crate::Error::NotFound) listing every place tried.
     pub fn binary(&self) -> Result<PathBuf> {
-        spawn::locate(self.path.as_deref())
+        let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = &*found {
+            return Ok(p.clone());
+        }
+        let p = spawn::locate(self.path.as_deref())?;
+        *found = Some(p.clone());
+        Ok(p)
+    }
+
+    /// Starts `criu args...` with `fds` at 3, 4, ..., forgetting the binary if that fails.
+    pub(crate) fn spawn(
+        &self,
+        args: &[String],
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<spawn::Supervised> {
+        let path = self.binary()?;
+        spawn::spawn_criu(&path, args, fds).inspect_err(|_| self.forget_binary())
+    }
+
+    fn forget_binary(&self) {
+        *self.found.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Starts a criu process for several requests.
@@ -106,7 +135,7 @@ impl Criu {
     fn spawn_for(&self, passed: Vec<std::os::fd::OwnedFd>) -> Result<Session> {
         let path = self.binary()?;
         let n = passed.len();
-        let (child, sock) = spawn::spawn(&path, passed)?;
+        let (child, sock) = spawn::spawn(&path, passed).inspect_err(|_| self.forget_binary())?;
         Ok(Session::spawned(sock, child, n, self.grace, self.timeout))
     }
 
