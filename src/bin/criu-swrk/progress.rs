@@ -62,7 +62,7 @@ impl Progress {
                 in_flight.insert(index, bar);
             }
             Progress::Lines { done, total } => {
-                eprintln!("[{done}/{total} done] {name}: started{criu}");
+                line(format!("[{done}/{total} done] {name}: started{criu}"));
             }
         }
     }
@@ -75,7 +75,7 @@ impl Progress {
                     bar.set_message(hook.to_owned());
                 }
             }
-            Progress::Lines { .. } => eprintln!("{name}: {hook}"),
+            Progress::Lines { .. } => line(format!("{name}: {hook}")),
         }
     }
 
@@ -105,7 +105,7 @@ impl Progress {
     pub fn note(&self, msg: &str) {
         match self {
             Progress::Bars { multi, .. } => multi.suspend(|| eprintln!("criu-swrk: {msg}")),
-            Progress::Lines { .. } => eprintln!("criu-swrk: {msg}"),
+            Progress::Lines { .. } => line(format!("criu-swrk: {msg}")),
         }
     }
 
@@ -115,4 +115,12 @@ impl Progress {
             overall.finish_and_clear();
         }
     }
+}
+
+/// One progress line in one write (`eprintln!` writes each formatted piece separately,
+/// several syscalls per hook of every target).
+fn line(mut text: String) {
+    use std::io::Write as _;
+    text.push('\n');
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
