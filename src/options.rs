@@ -378,17 +378,25 @@ impl Common {
 fn open_dir(dir: Dir, option: &'static str, writable: bool) -> Result<(OwnedFd, PathBuf)> {
     let (fd, path) = match dir {
         Dir::Path(path) => {
-            let meta = std::fs::metadata(&path)
-                .map_err(|e| Error::invalid(option, format!("{}: {e}", path.display())))?;
-            if !meta.is_dir() {
-                return Err(Error::invalid(
-                    option,
-                    format!("{} is not a directory", path.display()),
-                ));
-            }
-            let file = File::open(&path)
-                .map_err(|e| Error::invalid(option, format!("{}: {e}", path.display())))?;
-            let real = std::fs::canonicalize(&path).unwrap_or(path);
+            use std::os::unix::fs::OpenOptionsExt;
+            // One open (O_DIRECTORY) and one readlink of the fd, rather than a stat
+            // plus a readlink per path component.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_DIRECTORY)
+                .open(&path)
+                .map_err(|e| {
+                    let why = if e.raw_os_error() == Some(nix::libc::ENOTDIR) {
+                        format!("{} is not a directory", path.display())
+                    } else {
+                        format!("{}: {e}", path.display())
+                    };
+                    Error::invalid(option, why)
+                })?;
+            let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .ok()
+                .filter(|p| p.is_absolute())
+                .unwrap_or(path);
             (OwnedFd::from(file), real)
         }
         Dir::Fd(fd) => {
@@ -1193,6 +1201,32 @@ mod tests {
             .prepare()
             .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/criu-swrk"), "{err}");
+    }
+
+    #[test]
+    fn images_dir_that_is_a_file_is_refused_and_symlinks_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"").unwrap();
+        let err = DumpOptions::new(12345)
+            .images_dir(&file)
+            .prepare()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("{} is not a directory", file.display())),
+            "{err}"
+        );
+
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let p = DumpOptions::new(12345).images_dir(&link).prepare().unwrap();
+        assert_eq!(
+            p.log_path().unwrap(),
+            std::fs::canonicalize(&real).unwrap().join("dump.log")
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe::Receiver;
 use tokio_seqpacket::UnixSeqpacket;
@@ -101,13 +102,24 @@ pub(crate) struct Supervised {
 
 /// Starts `criu swrk 3` with our socket end at fd 3 and `passed` at fds 4, 5, ...
 pub(crate) fn spawn(path: &Path, passed: Vec<OwnedFd>) -> Result<(Supervised, UnixSeqpacket)> {
-    let (ours, theirs) =
-        UnixSeqpacket::pair().map_err(|e| Error::io("creating the criu socketpair", e))?;
-    // tokio-seqpacket makes both ends non-blocking; criu does blocking recv().
-    let theirs = OwnedFd::from(theirs);
-    let flags = fcntl(&theirs, FcntlArg::F_GETFL).map_err(|e| Error::io("fcntl", e.into()))?;
-    let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
-    fcntl(&theirs, FcntlArg::F_SETFL(flags)).map_err(|e| Error::io("fcntl", e.into()))?;
+    let pair_err = |e: nix::Error| Error::io("creating the criu socketpair", e.into());
+    // Only our end is non-blocking and registered with the runtime; criu does
+    // blocking recv() on its end.
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(pair_err)?;
+    let flags = fcntl(&ours, FcntlArg::F_GETFL).map_err(pair_err)?;
+    fcntl(
+        &ours,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(pair_err)?;
+    let ours =
+        UnixSeqpacket::try_from(ours).map_err(|e| Error::io("registering the criu socket", e))?;
 
     let mut fds = Vec::with_capacity(passed.len() + 1);
     fds.push(theirs);
