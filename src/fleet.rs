@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::criu::Criu;
 use crate::error::{Error, Result};
-use crate::notify::{Hooks, Notification, Reply};
+use crate::notify::{Hooks, NoHooks, Notification, Reply};
 use crate::options::{DumpOptions, Prepared, RestoreOptions};
 use crate::outcome::{DumpOutcome, RestoreOutcome};
 
@@ -161,9 +161,56 @@ impl Fleet {
 
     /// Dumps every target. Needs a Tokio runtime; the batch runs on a task of its
     /// own.
+    ///
+    /// Every hook criu reaches is reported as an [`Event::Hook`] and agreed to; use
+    /// [`dump_with`](Self::dump_with) to answer hooks per target.
     pub fn dump<I>(&self, targets: I) -> Batch<DumpOutcome>
     where
         I: IntoIterator<Item = DumpOptions>,
+    {
+        self.dump_with(targets.into_iter().map(|t| (t, NoHooks)))
+    }
+
+    /// Dumps every target, each answering its own hooks with its own [`Hooks`] (to
+    /// lock a container's network at `network-lock`, say, or to veto a dump at
+    /// `pre-dump`). A hook that answers [`Reply::fail`] rolls back that target only;
+    /// it finishes with [`Error::Hook`] and its tree keeps running.
+    ///
+    /// [`Event::Hook`] is sent before the target's hooks are asked. A batch that is
+    /// cancelled (or a target that times out) drops the hook future in flight and
+    /// fails criu's hook, as for a single request.
+    ///
+    /// # Example
+    /// ```no_run
+    /// use futures::StreamExt;
+    /// use criu_swrk::{Criu, DumpOptions, Notification, Reply};
+    /// use criu_swrk::fleet::{Event, Fleet};
+    ///
+    /// # async fn run() {
+    /// let pids = [101, 102];
+    /// let targets = pids.map(|pid| {
+    ///     let opts = DumpOptions::new(pid).images_dir(format!("/var/lib/ckpt/{pid}"));
+    ///     let hooks = move |n: Notification| async move {
+    ///         if n.name() == "network-lock" {
+    ///             // Block this container's traffic here.
+    ///             println!("{pid}: locking its network");
+    ///         }
+    ///         Reply::ok()
+    ///     };
+    ///     (opts, hooks)
+    /// });
+    /// let mut batch = Fleet::new(Criu::new()).dump_with(targets);
+    /// while let Some(event) = batch.next().await {
+    ///     if let Event::Finished { target, result } = event {
+    ///         println!("{}: {:?}", pids[target], result.map(|out| out.pid));
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn dump_with<I, H>(&self, targets: I) -> Batch<DumpOutcome>
+    where
+        I: IntoIterator<Item = (DumpOptions, H)>,
+        H: Hooks + 'static,
     {
         let targets = targets.into_iter().collect();
         self.run(targets, DumpOptions::prepare, |criu, p, hooks| {
@@ -182,6 +229,16 @@ impl Fleet {
     where
         I: IntoIterator<Item = RestoreOptions>,
     {
+        self.restore_with(targets.into_iter().map(|t| (t, NoHooks)))
+    }
+
+    /// Restores every target, each answering its own hooks (`setup-namespaces`,
+    /// `post-restore`, ...), as [`dump_with`](Self::dump_with) does for dumps.
+    pub fn restore_with<I, H>(&self, targets: I) -> Batch<RestoreOutcome>
+    where
+        I: IntoIterator<Item = (RestoreOptions, H)>,
+        H: Hooks + 'static,
+    {
         let targets = targets.into_iter().collect();
         self.run(targets, RestoreOptions::prepare, |criu, p, hooks| {
             Box::pin(async move {
@@ -197,19 +254,20 @@ impl Fleet {
     /// preparing opens the images directory and holds it open until the request
     /// ends, so preparing a whole batch up front would hold one fd per queued target
     /// and fail every target past `RLIMIT_NOFILE` (1024 by default) with EMFILE.
-    fn run<O, T, F>(
+    fn run<O, H, T, F>(
         &self,
-        targets: Vec<O>,
+        targets: Vec<(O, H)>,
         prepare: fn(O) -> Result<Prepared>,
         request: F,
     ) -> Batch<T>
     where
         O: Send + 'static,
+        H: Hooks + 'static,
         T: Send + 'static,
         F: for<'a> Fn(
                 Criu,
                 Prepared,
-                &'a mut Progress<T>,
+                &'a mut Progress<T, H>,
             ) -> futures::future::BoxFuture<'a, Result<T>>
             + Send
             + Sync
@@ -225,7 +283,7 @@ impl Fleet {
         tokio::spawn(async move {
             let request = &request;
             futures::stream::iter(targets.into_iter().enumerate())
-                .map(|(target, opts)| {
+                .map(|(target, (opts, hooks))| {
                     let tx = tx.clone();
                     let token = token.clone();
                     let criu = fleet.criu.clone();
@@ -243,6 +301,7 @@ impl Fleet {
                                 let mut progress = Progress {
                                     target,
                                     tx: tx.clone(),
+                                    inner: hooks,
                                 };
                                 request(criu, p, &mut progress).await
                             }
@@ -258,14 +317,16 @@ impl Fleet {
     }
 }
 
-/// Hooks that report each notification as an [`Event::Hook`].
+/// Hooks that report each notification as an [`Event::Hook`], then ask the target's
+/// own hooks.
 #[derive(Debug)]
-pub(crate) struct Progress<T> {
+pub(crate) struct Progress<T, H> {
     target: usize,
     tx: mpsc::UnboundedSender<Event<T>>,
+    inner: H,
 }
 
-impl<T> Progress<T> {
+impl<T, H> Progress<T, H> {
     fn started(&self, criu_pid: Option<u32>) {
         let _ = self.tx.send(Event::Started {
             target: self.target,
@@ -274,12 +335,12 @@ impl<T> Progress<T> {
     }
 }
 
-impl<T: Send> Hooks for Progress<T> {
+impl<T: Send, H: Hooks> Hooks for Progress<T, H> {
     async fn on_notify(&mut self, notification: Notification) -> Reply {
         let _ = self.tx.send(Event::Hook {
             target: self.target,
             name: notification.name().to_owned(),
         });
-        Reply::ok()
+        self.inner.on_notify(notification).await
     }
 }

@@ -6,12 +6,13 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 
 use criu_swrk::fleet::{Event, Fleet};
-use criu_swrk::{DumpOptions, Error, RestoreOptions};
+use criu_swrk::{DumpOptions, Error, Notification, Reply, RestoreOptions};
 
 #[tokio::test]
 async fn a_batch_dumps_and_restores_every_target_and_reports_each() {
@@ -138,6 +139,64 @@ async fn cancelling_a_batch_rolls_back_every_dump() {
     }
     for t in &targets {
         t.assert_alive_and_intact();
+    }
+    common::assert_no_criu_left().await;
+}
+
+#[tokio::test]
+async fn each_target_answers_its_own_hooks_and_a_veto_rolls_back_only_it() {
+    let Some(env) = common::env() else { return };
+    let mut targets: Vec<_> = (0..3).map(|_| env.workload(16)).collect();
+    let seen: Vec<Arc<Mutex<Vec<String>>>> = (0..3).map(|_| Arc::default()).collect();
+    let fleet = Fleet::new(env.criu.clone()).jobs(3);
+    let mut batch = fleet.dump_with(targets.iter().zip(&seen).enumerate().map(|(i, (t, seen))| {
+        let opts = DumpOptions::new(t.pid).images_dir(env.subdir(&t.pid.to_string()));
+        let seen = seen.clone();
+        let hooks = move |n: Notification| {
+            seen.lock().unwrap().push(n.name().to_owned());
+            // Target 1 vetoes its dump at pre-dump; the others agree to everything.
+            let reply = if i == 1 && n.name() == "pre-dump" {
+                Reply::fail("not now")
+            } else {
+                Reply::ok()
+            };
+            std::future::ready(reply)
+        };
+        (opts, hooks)
+    }));
+    let mut results: Vec<Option<Result<_, Error>>> = (0..3).map(|_| None).collect();
+    let mut events = vec![Vec::new(); 3];
+    while let Some(event) = batch.next().await {
+        match event {
+            Event::Hook { target, name } => events[target].push(name),
+            Event::Finished { target, result } => results[target] = Some(result),
+            _ => {}
+        }
+    }
+    let all = ["pre-dump", "query-ext-files", "post-dump"];
+    for i in [0, 2] {
+        let out = results[i]
+            .take()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("target {i}: {e}"));
+        assert_eq!(out.pid, targets[i].pid);
+        // The target's own hooks ran in criu's order, each once, and the progress
+        // events name the same hooks.
+        assert_eq!(*seen[i].lock().unwrap(), all, "target {i}");
+        assert_eq!(events[i], all, "target {i}");
+    }
+    match results[1].take().unwrap() {
+        Err(e @ Error::Hook { .. }) => {
+            assert!(e.to_string().contains("pre-dump"), "{e}");
+            assert!(e.to_string().contains("not now"), "{e}");
+        }
+        other => panic!("target 1: expected its hook's veto, got {other:?}"),
+    }
+    assert_eq!(*seen[1].lock().unwrap(), ["pre-dump"]);
+    // The vetoed target was rolled back: still running, memory intact.
+    targets[1].assert_alive_and_intact();
+    for i in [0, 2] {
+        targets[i].reap_dumped();
     }
     common::assert_no_criu_left().await;
 }
