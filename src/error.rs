@@ -155,9 +155,11 @@ pub struct Refusal {
     pub errno: Option<i32>,
     /// `cr_errmsg`: criu's first logged error, when set.
     pub message: Option<String>,
-    /// The log file criu wrote, when we know where it is.
+    /// The log file criu wrote, when it logged to a file (by default criu logs to
+    /// its stderr, which this crate reads).
     pub log_path: Option<PathBuf>,
-    /// The error lines of that log, known-harmless ones skipped, bounded in size.
+    /// The error lines of criu's log (that file, or its stderr), known-harmless ones
+    /// skipped, bounded in size.
     pub log_errors: Vec<String>,
     /// The last lines criu wrote to stderr.
     pub stderr: String,

@@ -60,7 +60,7 @@ pub(crate) fn is_harmless(line: &str) -> bool {
 }
 
 /// criu prefixes errors with `Error (file:line): ` after an optional timestamp.
-fn is_error(line: &str) -> bool {
+pub(crate) fn is_error(line: &str) -> bool {
     let rest = match line.strip_prefix('(') {
         Some(r) => r.split_once(") ").map(|(_, r)| r).unwrap_or(""),
         None => line,

@@ -13,7 +13,8 @@ pub struct DumpOutcome {
     pub pid: i32,
     /// Where the images are.
     pub images_dir: Option<PathBuf>,
-    /// criu's log of the dump.
+    /// criu's log of the dump, when it went to a file (see
+    /// [`DumpOptions::log_file`](crate::DumpOptions::log_file)).
     pub log: Option<PathBuf>,
     /// criu's `stats-dump`. An error here does not undo the dump: the images are
     /// complete; only the stats could not be read.
@@ -28,7 +29,7 @@ pub struct PreDumpOutcome {
     pub pid: i32,
     /// Where this iteration's images are.
     pub images_dir: Option<PathBuf>,
-    /// criu's log of this iteration.
+    /// criu's log of this iteration, when it went to a file.
     pub log: Option<PathBuf>,
     /// criu's `stats-dump` for this iteration.
     pub stats: Result<DumpStats, Error>,
@@ -43,7 +44,7 @@ pub struct RestoreOutcome {
     pub pid: i32,
     /// The images restored from.
     pub images_dir: Option<PathBuf>,
-    /// criu's log of the restore.
+    /// criu's log of the restore, when it went to a file.
     pub log: Option<PathBuf>,
     /// criu's `stats-restore`.
     pub stats: Result<RestoreStats, Error>,

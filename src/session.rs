@@ -625,7 +625,11 @@ impl Session {
 
     /// Checks what criu cannot be trusted to refuse clearly, before sending `p`.
     async fn preflight(&mut self, p: &Prepared) -> Result<()> {
-        let gated = options::version_gated(&p.opts);
+        let mut gated = options::version_gated(&p.opts);
+        if p.log_piped_by_default {
+            // Our default, not the caller's choice: an older criu just logs to a file.
+            gated.retain(|(name, _)| *name != "log_to_stderr");
+        }
         if !gated.is_empty() {
             let version = match &self.version {
                 Some(v) => v.clone(),
@@ -665,6 +669,13 @@ impl Session {
             }),
             (false, None) => {
                 let mut err = self.refusal(p.kind, p.pid, &resp, p.log_path());
+                if let Error::Refused(r) = &mut err
+                    && r.log_errors.is_empty()
+                    && let Some(path) = p.fallback_log()
+                {
+                    r.log_errors = log::error_lines_of_file(&path);
+                    r.log_path = Some(path);
+                }
                 if let (Error::Refused(r), Some(_)) = (&mut err, &p.scratch) {
                     // The scratch directory goes away with the request.
                     r.log_path = None;
@@ -691,7 +702,7 @@ impl Session {
         let stderr = self.conn.stderr();
         let log_errors = match &log_path {
             Some(path) => log::error_lines_of_file(path),
-            None => log::error_lines(&stderr),
+            None => log::error_lines(&self.conn.stderr_errors()),
         };
         Error::Refused(Box::new(Refusal {
             request: kind,
@@ -948,6 +959,15 @@ impl Conn {
         self.stderr
             .as_ref()
             .map(StderrTail::snapshot)
+            .unwrap_or_default()
+    }
+
+    /// The error lines of criu's stderr, kept apart from the tail so that a verbose
+    /// log does not push them out.
+    fn stderr_errors(&self) -> String {
+        self.stderr
+            .as_ref()
+            .map(StderrTail::error_text)
             .unwrap_or_default()
     }
 

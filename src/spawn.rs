@@ -25,6 +25,9 @@ pub(crate) const FIRST_PASSED_FD: RawFd = 4;
 
 /// How much of criu's stderr is kept for error messages.
 const STDERR_TAIL_BYTES: usize = 8 * 1024;
+/// How many of the error lines in criu's stderr (its log, by default) are kept, however
+/// much else it writes after them.
+const STDERR_ERROR_LINES: usize = 64;
 
 /// Resolves the criu binary: `explicit`, else `$CRIU_BIN`, else `criu` on `$PATH`, else
 /// the usual sbin directories (which a non-root `$PATH` often lacks).
@@ -214,6 +217,7 @@ impl Supervised {
 #[derive(Debug, Clone)]
 pub(crate) struct StderrTail {
     buf: Arc<Mutex<VecDeque<u8>>>,
+    errors: Arc<Mutex<VecDeque<String>>>,
     done: Arc<tokio::sync::Notify>,
     finished: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -222,6 +226,7 @@ impl StderrTail {
     fn start(stderr: Option<Receiver>, pid: u32) -> Self {
         let tail = StderrTail {
             buf: Arc::default(),
+            errors: Arc::default(),
             done: Arc::default(),
             finished: Arc::default(),
         };
@@ -235,6 +240,13 @@ impl StderrTail {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::debug!(target: "criu_swrk::criu_stderr", criu_pid = pid, "{}", line);
+                if crate::log::is_error(&line) {
+                    let mut errors = t.errors.lock().unwrap_or_else(|e| e.into_inner());
+                    if errors.len() == STDERR_ERROR_LINES {
+                        errors.pop_front();
+                    }
+                    errors.push_back(line.clone());
+                }
                 let mut buf = t.buf.lock().unwrap_or_else(|e| e.into_inner());
                 buf.extend(line.as_bytes());
                 buf.push_back(b'\n');
@@ -245,6 +257,13 @@ impl StderrTail {
             t.done.notify_waiters();
         });
         tail
+    }
+
+    /// The error lines criu wrote to stderr (the last [`STDERR_ERROR_LINES`]), one per
+    /// line.
+    pub(crate) fn error_text(&self) -> String {
+        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors.iter().map(|l| format!("{l}\n")).collect()
     }
 
     pub(crate) fn snapshot(&self) -> String {

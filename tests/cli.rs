@@ -195,10 +195,31 @@ fn a_nonexistent_pid_fails_alone() {
     );
     for t in &targets {
         assert_dumped(&lines[&t.pid.to_string()], t, &root);
+        // criu logged to the tool's pipe, not into the images.
+        assert!(!root.join(t.pid.to_string()).join("dump.log").exists());
     }
     for t in &mut targets {
         t.reap_dumped();
     }
+
+    // Asked for, criu's log lands in the images directory and the error names it.
+    let dir = root.join(missing.to_string());
+    let pid = missing.to_string();
+    let dir_arg = dir.display().to_string();
+    let out = cli([
+        "--log-file",
+        "dump.log",
+        "dump",
+        "--pid",
+        pid.as_str(),
+        "--images-dir",
+        dir_arg.as_str(),
+    ]);
+    assert_exit(&out, 1);
+    let log = std::fs::canonicalize(&dir).unwrap().join("dump.log");
+    assert!(log.exists());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&log.display().to_string()), "{stderr}");
 
     restore_all(&root, &targets);
 }

@@ -520,7 +520,7 @@ async fn dump_sends_its_options_answers_hooks_and_reads_stats() {
 
     assert_eq!(out.pid, TARGET);
     assert_eq!(out.images_dir, Some(canonical(dir.path())));
-    assert_eq!(out.log, Some(canonical(dir.path()).join("dump.log")));
+    assert_eq!(out.log, None, "criu logs to our pipe unless told otherwise");
     let stats = out.stats.expect("the stats the fake wrote");
     assert_eq!(stats.frozen_time, Duration::from_millis(20));
     assert_eq!(stats.freezing_time, Duration::from_micros(1500));
@@ -546,7 +546,8 @@ async fn dump_sends_its_options_answers_hooks_and_reads_stats() {
     );
     assert_eq!(opts.leave_running, Some(true));
     assert_eq!(opts.tcp_established, Some(true));
-    assert_eq!(opts.log_file.as_deref(), Some("dump.log"));
+    assert_eq!(opts.log_file, None);
+    assert_eq!(opts.log_to_stderr, Some(true));
     assert_eq!(opts.log_level, Some(2));
     assert_ne!(peer.received[0].keep_open, Some(true));
     // Notify answers carry no options when there is nothing to declare.
@@ -589,7 +590,7 @@ async fn restore_returns_the_restored_pid() {
     let out = res.unwrap();
 
     assert_eq!(out.pid, RESTORED);
-    assert_eq!(out.log, Some(canonical(dir.path()).join("restore.log")));
+    assert_eq!(out.log, None);
     let stats = out.stats.expect("the stats the fake wrote");
     assert_eq!(stats.restore_time, Duration::from_millis(9));
     assert_eq!(stats.pages_restored, Some(8192));
@@ -610,7 +611,8 @@ async fn restore_returns_the_restored_pid() {
     let opts = peer.received[0].opts.as_ref().unwrap();
     assert_eq!(opts.rst_sibling, Some(true));
     assert_eq!(opts.notify_scripts, Some(true));
-    assert_eq!(opts.log_file.as_deref(), Some("restore.log"));
+    assert_eq!(opts.log_file, None);
+    assert_eq!(opts.log_to_stderr, Some(true));
 }
 
 #[tokio::test]
@@ -652,7 +654,7 @@ async fn single_pre_dump_checks_mem_track_first_on_the_same_criu() {
     let peer = finish(peer).await;
     let out = res.unwrap();
     assert_eq!(out.pid, TARGET);
-    assert_eq!(out.log, Some(canonical(dir.path()).join("pre-dump.log")));
+    assert_eq!(out.log, None);
     assert!(out.stats.is_err(), "the fake wrote no stats");
     assert_eq!(
         peer.types(),
@@ -664,7 +666,7 @@ async fn single_pre_dump_checks_mem_track_first_on_the_same_criu() {
     );
     let opts = peer.received[1].opts.as_ref().unwrap();
     assert_eq!(opts.pid, Some(TARGET));
-    assert_eq!(opts.log_file.as_deref(), Some("pre-dump.log"));
+    assert_eq!(opts.log_to_stderr, Some(true));
 }
 
 #[tokio::test]
@@ -1496,7 +1498,9 @@ async fn a_refusal_carries_errno_message_and_log_errors() {
         p.expect_closed().await;
         p
     });
-    let opts = DumpOptions::new(TARGET).images_dir(dir.path());
+    let opts = DumpOptions::new(TARGET)
+        .images_dir(dir.path())
+        .log_file("dump.log");
     let res = within("dump", session.dump(opts)).await;
     finish(peer).await;
     let err = res.unwrap_err();
@@ -1525,6 +1529,42 @@ async fn a_refusal_carries_errno_message_and_log_errors() {
     ] {
         assert!(text.contains(part), "{part:?} missing from: {text}");
     }
+}
+
+#[tokio::test]
+async fn a_criu_too_old_to_log_to_stderr_has_its_criu_log_read() {
+    // criu before 3.19 ignores log_to_stderr (an unknown field) and logs to criu.log
+    // in its work dir; a refusal then carries that file's error lines.
+    let dir = images_dir();
+    let (session, peer) = fake(|mut p| async move {
+        let req = p.expect(CriuReqType::Dump).await;
+        let opts = req.opts.unwrap();
+        assert_eq!(opts.log_to_stderr, Some(true));
+        assert_eq!(opts.log_file, None);
+        let log = dir_of_fd(opts.images_dir_fd).join("criu.log");
+        std::fs::write(
+            &log,
+            "Error (criu/cr-dump.c:1970): No process with such pid 999999\n",
+        )
+        .unwrap();
+        p.send(&refused(CriuReqType::Dump, nix::libc::ESRCH, ""))
+            .await;
+        p.expect_closed().await;
+        p
+    });
+    let opts = DumpOptions::new(TARGET).images_dir(dir.path());
+    let res = within("dump", session.dump(opts)).await;
+    finish(peer).await;
+    let err = res.unwrap_err();
+    let r = err.refusal().expect("a refusal");
+    assert_eq!(
+        r.log_errors,
+        ["Error (criu/cr-dump.c:1970): No process with such pid 999999"]
+    );
+    assert_eq!(
+        r.log_path.as_deref(),
+        Some(canonical(dir.path()).join("criu.log").as_path())
+    );
 }
 
 #[tokio::test]

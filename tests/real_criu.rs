@@ -75,7 +75,11 @@ async fn dump_leave_running_keeps_the_target() {
         stats.pages_written
     );
     assert!(stats.frozen_time > Duration::ZERO);
-    assert!(out.log.unwrap().ends_with("dump.log"));
+    // criu logged to our pipe: no log file among the images.
+    assert_eq!(out.log, None);
+    for name in ["dump.log", "criu.log"] {
+        assert!(!images.join(name).exists(), "{name} in the images dir");
+    }
     common::assert_no_criu_left().await;
 }
 
@@ -248,9 +252,32 @@ async fn nonexistent_pid_is_refused_with_criu_s_reason() {
             .all(|l| !l.contains("RLIMIT_NOFILE")),
         "harmless lines should be skipped: {text}"
     );
-    assert_eq!(
-        refusal.log_path.as_deref(),
-        Some(images.canonicalize().unwrap().join("dump.log").as_path())
+    // The error lines came through criu's stderr (our pipe).
+    assert_eq!(refusal.log_path, None);
+
+    // With a log file asked for, they come from that file, which the error names.
+    let err = env
+        .criu
+        .dump(
+            DumpOptions::new(pid)
+                .images_dir(&images)
+                .log_file("dump.log"),
+        )
+        .await
+        .unwrap_err();
+    let refusal = err.refusal().expect("a refusal");
+    let log = images.canonicalize().unwrap().join("dump.log");
+    assert_eq!(refusal.log_path.as_deref(), Some(log.as_path()));
+    assert!(
+        refusal
+            .log_errors
+            .iter()
+            .any(|l| l.contains(&pid.to_string())),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&log.display().to_string()),
+        "{err}"
     );
     common::assert_no_criu_left().await;
 }

@@ -364,14 +364,18 @@ async fn two_restores_of_the_same_images_side_by_side() {
         .unwrap();
     target.reap_dumped();
 
-    // Two criu processes restore from the same images at once; each logs to its own
-    // work directory.
+    // Two criu processes restore from the same images at once; each logs to a file
+    // in its own work directory.
     let (work_a, work_b) = (env.subdir("work-a"), env.subdir("work-b"));
+    let restore = |work| {
+        RestoreOptions::new()
+            .images_dir(&images)
+            .work_dir(work)
+            .log_file("restore.log")
+    };
     let (a, b) = tokio::join!(
-        env.criu
-            .restore(RestoreOptions::new().images_dir(&images).work_dir(&work_a)),
-        env.criu
-            .restore(RestoreOptions::new().images_dir(&images).work_dir(&work_b)),
+        env.criu.restore(restore(&work_a)),
+        env.criu.restore(restore(&work_b)),
     );
     // Wrapped before either is unwrapped: one failing still kills the other.
     let a = a.map(|out| target.restored(out.pid));

@@ -22,6 +22,12 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// For dumps and restores: have criu write its log to NAME in each images
+    /// directory. By default criu logs to its stderr, which the tool reads: errors
+    /// carry criu's error lines either way.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub log_file: Option<String>,
+
     /// Tracing logs on stderr: -v info, -vv debug, -vvv trace ($RUST_LOG overrides).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,

@@ -1,7 +1,7 @@
 //! `criu-swrk`: checkpoint and restore processes with criu from the command line.
 //!
 //! ```text
-//! criu-swrk [--criu PATH] [--json] [-v] COMMAND
+//! criu-swrk [--criu PATH] [--json] [--log-file NAME] [-v] COMMAND
 //!   version | features | check
 //!   dump --pid PID --images-dir DIR [--leave-running] [--shell-job] [--tcp-established]
 //!        [--ext-unix-sk] [--file-locks] [--timeout SECS]
@@ -77,6 +77,7 @@ async fn run(cli: Cli) -> bool {
         None => Criu::new(),
     };
     let asked = cli.criu.as_deref();
+    let log_file = cli.log_file.clone();
     let printer = Printer {
         json: cli.json,
         pid_only: matches!(cli.command, Command::Restore { .. }),
@@ -98,7 +99,7 @@ async fn run(cli: Cli) -> bool {
                 pid: Some(a.pid),
                 images_dir: std::fs::canonicalize(&a.images_dir).unwrap_or(a.images_dir),
             };
-            dump(&criu, 1, &a.common, vec![(target, opts)], printer).await
+            dump(&criu, 1, &a.common, log_file, vec![(target, opts)], printer).await
         }
         Command::DumpMany(a) => {
             let targets = a
@@ -119,10 +120,14 @@ async fn run(cli: Cli) -> bool {
                     (target, opts)
                 })
                 .collect();
-            dump(&criu, a.jobs.into(), &a.common, targets, printer).await
+            dump(&criu, a.jobs.into(), &a.common, log_file, targets, printer).await
         }
-        Command::Restore { images_dir } => restore(&criu, 1, vec![images_dir], printer).await,
-        Command::RestoreMany { jobs, dirs } => restore(&criu, jobs.into(), dirs, printer).await,
+        Command::Restore { images_dir } => {
+            restore(&criu, 1, log_file, vec![images_dir], printer).await
+        }
+        Command::RestoreMany { jobs, dirs } => {
+            restore(&criu, jobs.into(), log_file, dirs, printer).await
+        }
         Command::Demo => match demo::run(&criu).await {
             Ok(()) => true,
             Err(e) => {
@@ -139,6 +144,7 @@ async fn dump(
     criu: &Criu,
     jobs: usize,
     common: &DumpCommon,
+    log_file: Option<String>,
     targets: Vec<(Target, DumpOptions)>,
     printer: Printer,
 ) -> bool {
@@ -147,10 +153,13 @@ async fn dump(
         fleet = fleet.timeout(t);
     }
     let (targets, opts): (Vec<_>, Vec<_>) = targets.into_iter().unzip();
-    let batch = fleet.dump(
-        opts.into_iter()
-            .map(|o| o.leave_running(common.leave_running)),
-    );
+    let batch = fleet.dump(opts.into_iter().map(|o| {
+        let o = o.leave_running(common.leave_running);
+        match &log_file {
+            Some(name) => o.log_file(name.clone()),
+            None => o,
+        }
+    }));
     batch::run(batch, &targets, printer, "dump").await
 }
 
@@ -158,12 +167,19 @@ async fn dump(
 async fn restore(
     criu: &Criu,
     jobs: usize,
+    log_file: Option<String>,
     dirs: Vec<std::path::PathBuf>,
     printer: Printer,
 ) -> bool {
     let batch = Fleet::new(criu.clone())
         .jobs(jobs)
-        .restore(dirs.iter().map(|d| RestoreOptions::new().images_dir(d)));
+        .restore(dirs.iter().map(|d| {
+            let o = RestoreOptions::new().images_dir(d);
+            match &log_file {
+                Some(name) => o.log_file(name.clone()),
+                None => o,
+            }
+        }));
     let targets: Vec<Target> = dirs
         .into_iter()
         .map(|dir| Target {
