@@ -137,6 +137,16 @@ impl FakePeer {
         self.expect_answer().await
     }
 
+    /// Sends hook `name` of a dump, checks the driver answers it with failure, and
+    /// refuses the dump as criu does when rolling back; then waits for the close.
+    async fn expect_rollback_at(&mut self, name: &str) {
+        let answer = self.notify(name, None).await;
+        assert_eq!(answer.notify_success, Some(false));
+        let why = format!("{name} script failed");
+        self.send(&refused(CriuReqType::Dump, 0, &why)).await;
+        self.expect_closed().await;
+    }
+
     /// Sends a notification carrying `fd` and returns the driver's answer.
     async fn notify_with_fd(
         &mut self,
@@ -1131,11 +1141,7 @@ async fn a_dropped_notification_stream_answers_failure() {
     let dir = images_dir();
     let (session, peer) = fake(|mut p| async move {
         p.expect(CriuReqType::Dump).await;
-        let answer = p.notify("pre-dump", None).await;
-        assert_eq!(answer.notify_success, Some(false));
-        p.send(&refused(CriuReqType::Dump, 0, "pre-dump script failed"))
-            .await;
-        p.expect_closed().await;
+        p.expect_rollback_at("pre-dump").await;
         p
     });
     let (mut hooks, notifications) = notify::channel();
@@ -1383,11 +1389,7 @@ async fn a_timeout_during_a_hook_answers_it_with_failure() {
         p.expect(CriuReqType::Dump).await;
         p.notify("pre-dump", None).await;
         // The hook never finishes: the answer comes from the timeout's rollback.
-        let answer = p.notify("post-dump", None).await;
-        assert_eq!(answer.notify_success, Some(false));
-        p.send(&refused(CriuReqType::Dump, 0, "post-dump script failed"))
-            .await;
-        p.expect_closed().await;
+        p.expect_rollback_at("post-dump").await;
         p
     });
     let (started_tx, started) = oneshot::channel();
@@ -1417,11 +1419,7 @@ async fn dropping_a_dump_while_a_hook_runs_answers_failure_in_the_background() {
     let dir = images_dir();
     let (session, peer) = fake(|mut p| async move {
         p.expect(CriuReqType::Dump).await;
-        let answer = p.notify("post-dump", None).await;
-        assert_eq!(answer.notify_success, Some(false));
-        p.send(&refused(CriuReqType::Dump, 0, "post-dump script failed"))
-            .await;
-        p.expect_closed().await;
+        p.expect_rollback_at("post-dump").await;
         p
     });
     let (started_tx, started) = oneshot::channel();
@@ -1449,11 +1447,7 @@ async fn dropping_a_dump_before_any_hook_fails_the_next_one() {
         sent_tx.send(()).unwrap();
         // criu is busy until the caller has given up.
         go.await.unwrap();
-        let answer = p.notify("pre-dump", None).await;
-        assert_eq!(answer.notify_success, Some(false));
-        p.send(&refused(CriuReqType::Dump, 0, "pre-dump script failed"))
-            .await;
-        p.expect_closed().await;
+        p.expect_rollback_at("pre-dump").await;
         p
     });
     let opts = DumpOptions::new(TARGET).images_dir(dir.path());
@@ -1968,11 +1962,7 @@ async fn a_cancelled_dump_is_rolled_back_in_the_foreground() {
         p.expect(CriuReqType::Dump).await;
         p.notify("pre-dump", None).await;
         // The hook is stuck when the token fires: the rollback answers it.
-        let answer = p.notify("post-dump", None).await;
-        assert_eq!(answer.notify_success, Some(false));
-        p.send(&refused(CriuReqType::Dump, 0, "post-dump script failed"))
-            .await;
-        p.expect_closed().await;
+        p.expect_rollback_at("post-dump").await;
         p
     });
     let token = criu_swrk::CancellationToken::new();
