@@ -280,16 +280,20 @@ pub(crate) struct Child {
     /// polls instead.
     pidfd: Option<AsyncFd<OwnedFd>>,
     status: Option<ExitStatus>,
+    /// Dropped unreaped once already and now reaped by a background task.
+    orphan: bool,
 }
 
 impl Child {
     fn new(pid: libc::pid_t) -> Self {
         // SAFETY: pidfd_open on a child we have not reaped (its pid cannot be reused).
         let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        let pidfd = (raw >= 0 && tokio::runtime::Handle::try_current().is_ok())
+        let pidfd = (raw >= 0)
             .then(|| {
                 // SAFETY: a fresh fd returned by the kernel, owned by nothing else.
                 let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as RawFd) };
+                // Watching it needs a runtime; without one `fd` is closed here.
+                tokio::runtime::Handle::try_current().ok()?;
                 // SAFETY: the OwnedFd keeps that same fd open for the AsyncFd's life.
                 unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
             })
@@ -298,6 +302,7 @@ impl Child {
             pid,
             pidfd,
             status: None,
+            orphan: false,
         }
     }
 
@@ -370,54 +375,22 @@ impl Drop for Child {
             return;
         }
         let _ = self.start_kill();
-        let orphan = Orphan {
-            pid: self.pid,
-            pidfd: self.pidfd.take(),
-            reaped: false,
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(orphan.reap());
-        }
-        // Without a runtime, `orphan`'s drop reaps it on a thread.
-    }
-}
-
-/// A killed child nobody waits for any more; reaped in the background.
-struct Orphan {
-    pid: libc::pid_t,
-    pidfd: Option<AsyncFd<OwnedFd>>,
-    reaped: bool,
-}
-
-impl Orphan {
-    async fn reap(mut self) {
-        // Anything but "still running" ends our duty (ECHILD: someone else reaped it).
-        let done = |pid| !matches!(reap_now(pid), Ok(None));
-        while !done(self.pid) {
-            match &self.pidfd {
-                Some(fd) => match fd.readable().await {
-                    Ok(mut ready) => {
-                        if done(self.pid) {
-                            break;
-                        }
-                        ready.clear_ready();
-                    }
-                    Err(_) => return,
-                },
-                None => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-        self.reaped = true;
-    }
-}
-
-impl Drop for Orphan {
-    fn drop(&mut self) {
-        if self.reaped {
+        if !self.orphan
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let mut orphan = Child {
+                pid: self.pid,
+                pidfd: self.pidfd.take(),
+                status: None,
+                orphan: true,
+            };
+            rt.spawn(async move {
+                let _ = orphan.wait().await;
+            });
             return;
         }
-        // No runtime (or it is shutting down): a blocking wait on a short-lived thread.
-        // SIGKILL was sent, so it does not last.
+        // No runtime to watch the pidfd (or it is shutting down under an orphan): a
+        // blocking wait on a short-lived thread. SIGKILL was sent, so it does not last.
         let pid = self.pid;
         let _ = std::thread::Builder::new()
             .name("criu-reaper".into())
