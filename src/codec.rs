@@ -179,11 +179,28 @@ pub(crate) fn classify(kind: RequestKind, bytes: &[u8], mut fds: Vec<OwnedFd>) -
     ))
 }
 
-/// For a datagram [`classify`] rejected: whether it was a NOTIFY (criu then waits for
-/// an answer), `None` when it does not decode at all.
-pub(crate) fn rejected_is_notify(bytes: &[u8]) -> Option<bool> {
+/// What a datagram [`classify`] rejected still says about criu's state.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Peek {
+    /// A NOTIFY: criu waits for an answer to this hook (its name, possibly empty).
+    Notify(String),
+    /// Any other message: criu's final answer.
+    Final {
+        /// Its `success`.
+        success: bool,
+    },
+}
+
+/// For a datagram [`classify`] rejected: what it was, `None` when it does not decode.
+pub(crate) fn peek(bytes: &[u8]) -> Option<Peek> {
     let resp = CriuResp::decode(bytes).ok()?;
-    Some(resp.r#type == CriuReqType::Notify as i32)
+    Some(if resp.r#type == CriuReqType::Notify as i32 {
+        Peek::Notify(resp.notify.and_then(|n| n.script).unwrap_or_default())
+    } else {
+        Peek::Final {
+            success: resp.success,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -90,8 +90,10 @@ pub enum Error {
         criu_message: Option<String>,
     },
 
-    /// criu closed the connection or exited before answering.
-    #[error("criu exited before answering the {request} request{}{}", display_status(.status), display_stderr(.stderr))]
+    /// criu closed the connection or exited before answering. `at` says how far the
+    /// request had got (a criu that died after seizing the target leaves it
+    /// [`RequestState::Unknown`]).
+    #[error("criu exited before answering the {request} request{}{}; {at}", display_status(.status), display_stderr(.stderr))]
     Exited {
         /// The request in flight.
         request: RequestKind,
@@ -99,6 +101,8 @@ pub enum Error {
         status: Option<ExitStatus>,
         /// The last lines criu wrote to stderr.
         stderr: String,
+        /// Where the request stood when criu went away.
+        at: Interruption,
     },
 
     /// The request needs something criu, the kernel or this machine does not offer.
@@ -120,26 +124,41 @@ pub enum Error {
         reason: String,
     },
 
-    /// The request exceeded the caller's timeout. For dumps, criu was told to roll
-    /// back first: the target keeps running.
-    #[error("{request} timed out after {after:?}{}", if *.rolled_back { "; criu rolled it back" } else { "" })]
+    /// The request exceeded the caller's timeout. `at` says what became of it:
+    /// stopped before criu touched anything, rolled back, committed (criu was past its
+    /// point of no return and did not answer within the grace), or unknown.
+    #[error("{request} timed out after {after:?}; {at}")]
     Timeout {
         /// The request.
         request: RequestKind,
         /// The timeout that elapsed.
         after: Duration,
-        /// Whether criu confirmed the rollback (answered after our failed notify).
-        rolled_back: bool,
+        /// Where the request stood, and what became of it.
+        at: Interruption,
     },
 
     /// The request was cancelled by the caller (a cancellation token, a batch
-    /// cancel). For dumps, criu was told to roll back first: the target keeps running.
-    #[error("{request} cancelled{}", if *.rolled_back { "; criu rolled it back" } else { "" })]
+    /// cancel). `at` says what became of it, as for [`Error::Timeout`].
+    #[error("{request} cancelled; {at}")]
     Cancelled {
         /// The request.
         request: RequestKind,
-        /// Whether criu confirmed the rollback (or had nothing to roll back).
-        rolled_back: bool,
+        /// Where the request stood, and what became of it.
+        at: Interruption,
+    },
+
+    /// We gave the request up because of an error on our side of the exchange (an
+    /// I/O error on the socket, a message from criu that breaks the protocol) while
+    /// criu was working on it; `at` says what became of it.
+    #[error("gave up on the {request}; {at}")]
+    Aborted {
+        /// The request.
+        request: RequestKind,
+        /// Where the request stood, and what became of it.
+        at: Interruption,
+        /// What made us give up.
+        #[source]
+        source: Box<Error>,
     },
 }
 
@@ -214,6 +233,54 @@ impl Error {
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Error::Unsupported { .. })
     }
+    /// What became of the request this error ended: whether its target is as it
+    /// was ([`RequestState::Untouched`], [`RequestState::RolledBack`]), whether it went
+    /// through ([`RequestState::Committed`]), or nobody can tell
+    /// ([`RequestState::Unknown`]). `None` for errors that are not about a request's
+    /// progress (reading stats, say).
+    ///
+    /// # Example
+    /// ```no_run
+    /// use criu_swrk::{Criu, DumpOptions, RequestState};
+    /// # async fn run() {
+    /// match Criu::new().dump(DumpOptions::new(4242).images_dir("/ckpt/4242")).await {
+    ///     Ok(out) => println!("dumped {}", out.pid),
+    ///     Err(e) => match e.request_state() {
+    ///         Some(RequestState::Committed) => println!("dumped, but: {e}"),
+    ///         Some(RequestState::Unknown) => println!("check pid 4242: {e}"),
+    ///         _ => println!("pid 4242 runs on as before: {e}"),
+    ///     },
+    /// }
+    /// # }
+    /// ```
+    pub fn request_state(&self) -> Option<RequestState> {
+        match self {
+            Error::Timeout { at, .. }
+            | Error::Cancelled { at, .. }
+            | Error::Aborted { at, .. }
+            | Error::Exited { at, .. } => Some(at.state),
+            // criu resumes the tree (or kills what it restored) on every failure.
+            Error::Refused(_) | Error::Hook { .. } => Some(RequestState::RolledBack),
+            Error::NotFound { .. }
+            | Error::Spawn { .. }
+            | Error::Unsupported { .. }
+            | Error::InvalidOptions { .. } => Some(RequestState::Untouched),
+            Error::Io { .. } | Error::Decode { .. } | Error::Protocol { .. } => None,
+        }
+    }
+
+    /// Where an interrupted request stood: for timeouts, cancels, aborts and a criu
+    /// that went away.
+    pub fn interruption(&self) -> Option<&Interruption> {
+        match self {
+            Error::Timeout { at, .. }
+            | Error::Cancelled { at, .. }
+            | Error::Aborted { at, .. }
+            | Error::Exited { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+
     /// The refusal details, when criu refused.
     pub fn refusal(&self) -> Option<&Refusal> {
         match self {
@@ -241,6 +308,96 @@ impl Error {
             option,
             reason: reason.into(),
         }
+    }
+}
+
+/// What became of a request that did not finish normally.
+///
+/// criu's exchange has two points that matter. Up to the first (a dump's `pre-dump`
+/// hook, a restore's `pre-restore`) criu has touched nothing, and stopping it is free.
+/// From the second on (a dump's `post-dump` answered with success, a restore's
+/// `post-restore`) the request goes through whatever the driver says next. In between,
+/// criu undoes the request when a hook is answered with failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RequestState {
+    /// criu was stopped before it touched the target (a dump before `pre-dump` was
+    /// answered, a restore before `pre-restore`), or the request touches nothing. The
+    /// target is as it was.
+    Untouched,
+    /// criu undid the request and said so: a dumped tree runs on as before (it was
+    /// only frozen for a while), a restore killed what it had restored. A dump's
+    /// images are removed.
+    RolledBack,
+    /// criu was past its point of no return. A dump's images are complete (criu
+    /// writes them all before `post-dump`) and the tree is gone unless
+    /// `leave_running`; a restored tree runs (its pid is in
+    /// [`Interruption::pid`] when criu had sent it).
+    Committed,
+    /// criu was killed, or died, after it had seized the target and before it said
+    /// how the request ended. A dumped tree most likely runs on (criu's parasite
+    /// cures it when criu goes away), but it may carry criu's parasite mapping
+    /// (`/memfd:CRIUMFD`) and stay frozen if a freezer cgroup was used: check it, or
+    /// restart it. A partly restored tree may be left (its pid in
+    /// [`Interruption::pid`] when known). A dump's images are removed.
+    Unknown,
+}
+
+impl RequestState {
+    /// Whether the target is as it was before the request: untouched or rolled back.
+    pub fn target_unchanged(self) -> bool {
+        matches!(self, RequestState::Untouched | RequestState::RolledBack)
+    }
+}
+
+impl fmt::Display for RequestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RequestState::Untouched => "stopped before criu touched the target",
+            RequestState::RolledBack => "criu rolled it back",
+            RequestState::Committed => "criu had already committed it",
+            RequestState::Unknown => {
+                "criu was stopped after seizing the target: it may carry criu's parasite \
+                 mapping; check or restart it"
+            }
+        })
+    }
+}
+
+/// Where an interrupted request stood when it ended, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Interruption {
+    /// What became of the request.
+    pub state: RequestState,
+    /// The hook criu was waiting at when the request was interrupted, if any.
+    pub hook: Option<String>,
+    /// The restored root's pid, when criu had sent it (`setup-namespaces`,
+    /// `post-restore`).
+    pub pid: Option<i32>,
+}
+
+impl Interruption {
+    /// Nothing was touched and no hook was pending.
+    pub(crate) fn untouched() -> Self {
+        Interruption {
+            state: RequestState::Untouched,
+            hook: None,
+            pid: None,
+        }
+    }
+}
+
+impl fmt::Display for Interruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(hook) = &self.hook {
+            write!(f, "at hook {hook}: ")?;
+        }
+        write!(f, "{}", self.state)?;
+        if let Some(pid) = self.pid {
+            write!(f, " (restored pid {pid})")?;
+        }
+        Ok(())
     }
 }
 

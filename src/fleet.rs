@@ -293,7 +293,7 @@ impl Fleet {
                             Err(e) => Err(e),
                             Ok(p) if token.is_cancelled() => Err(Error::Cancelled {
                                 request: p.kind,
-                                rolled_back: true,
+                                at: crate::error::Interruption::untouched(),
                             }),
                             Ok(mut p) => {
                                 p.timeout = p.timeout.or(timeout);

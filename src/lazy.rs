@@ -200,7 +200,7 @@ impl crate::Criu {
                 Err(Error::Timeout {
                     request: crate::RequestKind::LazyPages,
                     after: opts.ready_timeout,
-                    rolled_back: true,
+                    at: crate::error::Interruption::untouched(),
                 })
             }
         }

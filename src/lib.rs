@@ -72,6 +72,7 @@
 mod codec;
 mod criu;
 mod error;
+mod exchange;
 pub mod fleet;
 mod info;
 pub mod lazy;
@@ -81,6 +82,7 @@ pub mod options;
 mod outcome;
 mod process;
 pub mod proto;
+mod scrub;
 mod session;
 mod spawn;
 pub mod stats;
@@ -90,7 +92,7 @@ pub mod workload;
 
 pub use codec::RequestKind;
 pub use criu::Criu;
-pub use error::{BoxError, Error, Refusal, Result};
+pub use error::{BoxError, Error, Interruption, Refusal, RequestState, Result};
 pub use info::{Features, Version};
 pub use notify::{Hooks, NoHooks, Notification, Reply};
 pub use options::{

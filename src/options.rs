@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crate::proto::{
     CgroupRoot, CriuCgMode, CriuNetworkLockMethod, CriuOpts, CriuPageServerInfo, CriuPreDumpMode,
     InheritFd, JoinNamespace,
 };
+use crate::scrub::Scrub;
 use crate::spawn::FIRST_PASSED_FD;
 use tokio_util::sync::CancellationToken;
 
@@ -193,6 +194,9 @@ pub(crate) struct Prepared {
     pub(crate) pid: Option<i32>,
     /// A directory of ours for criu's log, removed with the request.
     pub(crate) scratch: Option<tempfile::TempDir>,
+    /// For dumps: what to remove from the images directory if the dump does not
+    /// commit.
+    pub(crate) scrub: Option<Scrub>,
 }
 
 impl Prepared {
@@ -262,17 +266,31 @@ impl Common {
         );
         let needs_images =
             writes_images || matches!(kind, RequestKind::Restore | RequestKind::CpuinfoCheck);
+        let dumps = matches!(
+            kind,
+            RequestKind::Dump | RequestKind::PreDump | RequestKind::SinglePreDump
+        );
         let images_dir = match self.images.take() {
             Some(dir) => {
                 let (fd, path) = open_dir(dir, "images_dir", writes_images)?;
-                if kind == RequestKind::Restore {
-                    let inventory = path.join("inventory.img");
-                    if !inventory.exists() {
-                        return Err(Error::invalid(
-                            "images_dir",
-                            format!("{} holds no criu images (no inventory.img)", path.display()),
-                        ));
-                    }
+                let has_images = path.join("inventory.img").exists();
+                if kind == RequestKind::Restore && !has_images {
+                    return Err(Error::invalid(
+                        "images_dir",
+                        format!("{} holds no criu images (no inventory.img)", path.display()),
+                    ));
+                }
+                if dumps && has_images {
+                    // A dump that then failed would leave old and new images mixed, or
+                    // (after the scrub) destroy the old dump.
+                    return Err(Error::invalid(
+                        "images_dir",
+                        format!(
+                            "{} already holds a dump (inventory.img): dump into an empty \
+                             directory",
+                            path.display()
+                        ),
+                    ));
                 }
                 opts.images_dir_fd = fd.as_raw_fd();
                 held.push(fd);
@@ -347,6 +365,21 @@ impl Common {
         if opts.log_level.is_none() {
             opts.log_level = Some(i32::from(DEFAULT_LOG_LEVEL));
         }
+        let scrub = match (&images_dir, held.first()) {
+            (Some(path), Some(fd)) if dumps => {
+                // criu's log stays, to say why; with our default of logging to stderr,
+                // a criu before 3.19 writes criu.log instead.
+                let keep: Vec<&str> = match &log_file {
+                    Some(name) if work_dir.as_ref() == Some(path) => vec![name],
+                    None if log_piped_by_default => vec!["criu.log"],
+                    _ => vec![],
+                };
+                let scrub = Scrub::new(fd.as_fd(), path.clone(), &keep)
+                    .map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
+                Some(scrub)
+            }
+            _ => None,
+        };
 
         for (key, fd) in self.inherit {
             if key.is_empty() {
@@ -416,6 +449,7 @@ impl Common {
             cancel: self.cancel,
             pid: self.pid,
             scratch: None,
+            scrub,
         })
     }
 }
@@ -1375,6 +1409,7 @@ mod tests {
                 std::fs::canonicalize(dir.path()).unwrap().join(name)
             );
         }
+        std::fs::remove_file(dir.path().join("inventory.img")).unwrap();
         for (p, name) in [
             (DumpOptions::new(7).images_dir(dir.path()).prepare(), None),
             (
@@ -1427,10 +1462,18 @@ mod tests {
         use prost::Message;
 
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        for dir in &dirs {
-            std::fs::write(dir.path().join("inventory.img"), b"").unwrap();
-        }
         let (d, other) = (dirs[0].path(), dirs[1].path());
+        // Restores need images in the directories; dumps refuse directories with them.
+        let images = |there: bool| {
+            for dir in [d, other] {
+                let inventory = dir.join("inventory.img");
+                if there {
+                    std::fs::write(inventory, b"").unwrap();
+                } else {
+                    let _ = std::fs::remove_file(inventory);
+                }
+            }
+        };
         let other_real = std::fs::canonicalize(other).unwrap();
         let mut covered = BTreeSet::<&'static str>::new();
 
@@ -1641,7 +1684,10 @@ mod tests {
         }
 
         // Dump.
-        let dump = |b: DumpOptions| b.prepare();
+        let dump = |b: DumpOptions| {
+            images(false);
+            b.prepare()
+        };
         base_rows!(DumpOptions::new(4242).images_dir(d), dump);
         tree_rows!(DumpOptions::new(4242).images_dir(d), dump);
         dump_rows!(DumpOptions::new(4242).images_dir(d), dump);
@@ -1651,7 +1697,10 @@ mod tests {
         );
 
         // Pre-dump (a single one: the loop refuses lazy_pages, checked below).
-        let pre = |b: PreDumpOptions| b.prepare(RequestKind::SinglePreDump);
+        let pre = |b: PreDumpOptions| {
+            images(false);
+            b.prepare(RequestKind::SinglePreDump)
+        };
         base_rows!(PreDumpOptions::new(4242).images_dir(d), pre);
         tree_rows!(PreDumpOptions::new(4242).images_dir(d), pre);
         dump_rows!(PreDumpOptions::new(4242).images_dir(d), pre);
@@ -1669,7 +1718,10 @@ mod tests {
         );
 
         // Restore.
-        let rst = |b: RestoreOptions| b.prepare();
+        let rst = |b: RestoreOptions| {
+            images(true);
+            b.prepare()
+        };
         let rst_new = || RestoreOptions::new().images_dir(d);
         base_rows!(rst_new(), rst);
         tree_rows!(rst_new(), rst);

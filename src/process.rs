@@ -272,7 +272,8 @@ fn cloexec_from(first: RawFd) -> io::Result<()> {
 }
 
 /// A child process of ours, reaped by [`Child::wait`], or in the background when dropped
-/// before that (killed first).
+/// before that (killed first). It leads its own process group (see [`start`]): a kill
+/// reaches every process in that group, criu's helpers included.
 #[derive(Debug)]
 pub(crate) struct Child {
     pid: libc::pid_t,
@@ -282,6 +283,8 @@ pub(crate) struct Child {
     status: Option<ExitStatus>,
     /// Dropped unreaped once already and now reaped by a background task.
     orphan: bool,
+    /// We sent SIGKILL to its group.
+    killed: bool,
 }
 
 impl Child {
@@ -303,6 +306,7 @@ impl Child {
             pidfd,
             status: None,
             orphan: false,
+            killed: false,
         }
     }
 
@@ -318,10 +322,19 @@ impl Child {
         Ok(self.status)
     }
 
-    /// Waits for the child to exit and reaps it.
+    /// Waits for the child to exit and reaps it; after a kill (or a death by signal),
+    /// also reaps the rest of its process group that was re-parented to us.
     ///
     /// Cancel safe: dropping the future leaves the child as it was.
     pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
+        let status = self.wait_self().await?;
+        if self.killed || status.signal().is_some() {
+            reap_group_orphans(self.pid).await;
+        }
+        Ok(status)
+    }
+
+    async fn wait_self(&mut self) -> io::Result<ExitStatus> {
         let mut backoff = Duration::from_millis(1);
         loop {
             if let Some(s) = self.try_wait()? {
@@ -344,18 +357,154 @@ impl Child {
         }
     }
 
-    /// Sends SIGKILL unless the child is already reaped; `wait` still has to reap.
+    /// Sends SIGKILL to the child's whole process group (criu and the helpers it
+    /// forked) unless the child is already reaped; `wait` still has to reap.
     pub(crate) fn start_kill(&mut self) -> io::Result<()> {
         if self.status.is_some() {
             return Ok(());
         }
-        // SAFETY: the pid is our unreaped child, so it names that process still.
+        self.killed = true;
+        // SAFETY: the pid is our unreaped child and the leader of its own group (set
+        // at spawn), so the group id names that group still.
+        if unsafe { libc::kill(-self.pid, libc::SIGKILL) } == 0 {
+            return Ok(());
+        }
+        // SAFETY: as above, for the child alone (its group is gone if it left it).
         if unsafe { libc::kill(self.pid, libc::SIGKILL) } == 0 {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
         }
     }
+}
+
+/// After the leader of process group `pgid` died: reaps the members of that group
+/// that were re-parented to us. Only a child subreaper (as container runtimes are)
+/// inherits them; anyone else leaves them to init, and this returns at once.
+async fn reap_group_orphans(pgid: libc::pid_t) {
+    if !is_subreaper() {
+        return;
+    }
+    // SIGKILLed members die within moments; re-parenting follows their parent's exit.
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        let members = group_members(pgid);
+        let me = std::process::id() as libc::pid_t;
+        let mut waiting = false;
+        for (pid, ppid) in members {
+            if ppid == me {
+                if matches!(reap_now(pid), Ok(None)) {
+                    waiting = true;
+                }
+            } else {
+                waiting = true;
+            }
+        }
+        if !waiting || std::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn is_subreaper() -> bool {
+    let mut on: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer we own.
+    let r = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut on as *mut libc::c_int) };
+    r == 0 && on != 0
+}
+
+/// The processes in group `pgid`, with their parents, from /proc.
+fn group_members(pgid: libc::pid_t) -> Vec<(libc::pid_t, libc::pid_t)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let pid: libc::pid_t = e.file_name().to_str()?.parse().ok()?;
+        let (ppid, pgrp) = parent_and_group(pid)?;
+        (pgrp == pgid).then_some((pid, ppid))
+    })
+    .collect()
+}
+
+/// A process's parent and process group, from `/proc/PID/stat` (fields 4 and 5, after
+/// the command name, which may hold spaces and parentheses).
+fn parent_and_group(pid: libc::pid_t) -> Option<(libc::pid_t, libc::pid_t)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let _state = rest.next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    let pgrp = rest.next()?.parse().ok()?;
+    Some((ppid, pgrp))
+}
+
+/// A process that is not our child (a restored tree's root), held through a pidfd so
+/// that a signal never reaches another process that reused its pid.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pid: libc::pid_t,
+    fd: OwnedFd,
+}
+
+impl Held {
+    /// Holds `pid`, if it exists.
+    pub(crate) fn open(pid: i32) -> Option<Self> {
+        // SAFETY: pidfd_open has no memory effects; a failure is just -1.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        (raw >= 0).then(|| Held {
+            pid,
+            // SAFETY: a fresh fd returned by the kernel, owned by nothing else.
+            fd: unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as RawFd) },
+        })
+    }
+
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// SIGKILLs the process and every descendant it has now.
+    pub(crate) fn kill_tree(&self) {
+        let descendants = descendants(self.pid);
+        // SAFETY: a signal through our own pidfd; no memory is passed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        for pid in descendants {
+            // SAFETY: plain kill; these were the root's live descendants a moment ago.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Every descendant of `pid`, from `/proc/PID/task/TID/children`.
+fn descendants(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let path = task.path().join("children");
+            let Ok(children) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if !out.contains(&child) {
+                    out.push(child);
+                    todo.push(child);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `waitpid(pid, WNOHANG)`: the status if the child had exited (it is reaped now).
@@ -383,6 +532,7 @@ impl Drop for Child {
                 pidfd: self.pidfd.take(),
                 status: None,
                 orphan: true,
+                killed: true,
             };
             rt.spawn(async move {
                 let _ = orphan.wait().await;

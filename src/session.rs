@@ -8,13 +8,13 @@
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tokio_seqpacket::UnixSeqpacket;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::codec::{self, Incoming, RequestKind};
-use crate::error::{BoxError, Error, Refusal, Result};
+use crate::error::{BoxError, Error, Interruption, Refusal, RequestState, Result};
+use crate::exchange::{Exchange, OnInterrupt};
 use crate::info::{Features, Version};
 use crate::log;
 use crate::notify::{Hooks, NoHooks, Notification, Reply};
@@ -23,7 +23,9 @@ use crate::options::{
     CheckOptions, DumpOptions, PageServerOptions, PreDumpOptions, Prepared, RestoreOptions,
 };
 use crate::outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
+use crate::process::Held;
 use crate::proto::{CriuReq, CriuResp};
+use crate::scrub::Scrub;
 use crate::spawn::{StderrTail, Supervised};
 use crate::stats;
 use crate::transport::Transport;
@@ -74,6 +76,8 @@ enum Mode {
 struct Answer {
     resp: CriuResp,
     hook_failure: Option<(String, BoxError)>,
+    /// What became of the request.
+    state: RequestState,
 }
 
 impl Session {
@@ -466,7 +470,7 @@ impl Session {
 
     pub(crate) async fn page_server_prepared<H: Hooks>(
         &mut self,
-        p: Prepared,
+        mut p: Prepared,
         hooks: &mut H,
     ) -> Result<PageServer> {
         let mode = match p.kind {
@@ -476,7 +480,7 @@ impl Session {
             RequestKind::PageServer => Mode::OneShot { until_ready: true },
             _ => Mode::KeepOpen,
         };
-        let resp = self.request(&p, mode, hooks).await?;
+        let resp = self.request(&mut p, mode, hooks).await?;
         let ps = resp
             .ps
             .ok_or_else(|| Error::protocol("a PAGE_SERVER response with pid and port", "none"))?;
@@ -572,21 +576,22 @@ impl Session {
     /// turns a failure into an error carrying criu's message and log.
     async fn one_shot<H: Hooks>(
         mut self,
-        p: Prepared,
+        mut p: Prepared,
         hooks: &mut H,
     ) -> Result<(Prepared, CriuResp)> {
         let resp = self
-            .request(&p, Mode::OneShot { until_ready: false }, hooks)
+            .request(&mut p, Mode::OneShot { until_ready: false }, hooks)
             .await?;
         Ok((p, resp))
     }
 
     /// Sends one request and answers its notifications until criu's final response.
     /// criu is closed and reaped after a one-shot request, and after any failure
-    /// (criu leaves its request loop then).
+    /// (criu leaves its request loop then). A dump that does not commit has its
+    /// images removed (see `scrub`).
     async fn request<H: Hooks>(
         &mut self,
-        p: &Prepared,
+        p: &mut Prepared,
         mode: Mode,
         hooks: &mut H,
     ) -> Result<CriuResp> {
@@ -597,9 +602,11 @@ impl Session {
             pid = ?p.pid,
             criu.pid = ?self.criu_pid(),
         );
+        self.conn.scrub = p.scrub.take();
         async move {
             if let Err(e) = self.preflight(p).await {
                 self.conn.close().await;
+                self.conn.settle(RequestState::Untouched);
                 return Err(e);
             }
             let req = CriuReq {
@@ -611,11 +618,18 @@ impl Session {
             let until_ready = matches!(mode, Mode::OneShot { until_ready: true });
             let answer = self
                 .run(p.kind, req, Limits::of(p), until_ready, hooks)
-                .await?;
-            if matches!(mode, Mode::OneShot { .. }) || !answer.resp.success {
+                .await;
+            let state = match &answer {
+                Ok(a) => a.state,
+                Err(e) => e.request_state().unwrap_or(RequestState::Unknown),
+            };
+            if answer.as_ref().map_or(true, |a| !a.resp.success)
+                || matches!(mode, Mode::OneShot { .. })
+            {
                 self.conn.close().await;
             }
-            let resp = self.judge(p, answer)?;
+            self.conn.settle(state);
+            let resp = self.judge(p, answer?)?;
             tracing::info!("criu finished the request");
             Ok(resp)
         }
@@ -659,7 +673,9 @@ impl Session {
 
     /// Turns criu's final answer into the caller's result.
     fn judge(&self, p: &Prepared, answer: Answer) -> Result<CriuResp> {
-        let Answer { resp, hook_failure } = answer;
+        let Answer {
+            resp, hook_failure, ..
+        } = answer;
         match (resp.success, hook_failure) {
             (false, Some((hook, source))) => Err(Error::Hook {
                 request: p.kind,
@@ -735,8 +751,10 @@ impl Session {
         ))
     }
 
-    /// Runs one exchange under the request's timeout; on any failure while criu waits
-    /// on us, rolls the request back before returning.
+    /// Runs one exchange under the request's timeout and cancellation. An
+    /// interruption (or an error of ours while criu works on the request) ends it as
+    /// far as it still can be ended: see [`Conn::wind_down`]. A request that went
+    /// through anyway (criu was past its commit point) returns its answer.
     async fn run<H: Hooks>(
         &mut self,
         kind: RequestKind,
@@ -746,7 +764,7 @@ impl Session {
         hooks: &mut H,
     ) -> Result<Answer> {
         let timeout = limits.timeout.or(self.default_timeout);
-        let interrupted = {
+        let interrupt = {
             let exchange = self.conn.exchange(kind, &req, until_ready, hooks);
             let deadline = async {
                 match timeout {
@@ -762,33 +780,51 @@ impl Session {
             };
             tokio::select! {
                 biased;
-                res = exchange => {
-                    if res.is_err() && self.conn.in_flight.is_some() {
-                        self.conn.rollback().await;
-                    }
-                    return res;
-                }
-                () = deadline => Interrupt::Timeout,
+                res = exchange => match res {
+                    Err(e) if self.conn.in_flight() => Interrupt::Failed(e),
+                    res => return res,
+                },
+                () = deadline => Interrupt::Timeout(timeout.unwrap_or_default()),
                 () = cancelled => Interrupt::Cancelled,
             }
         };
         // The exchange future is gone; `conn` says where it stood.
-        let rolled_back = self.conn.rollback().await;
-        Err(match interrupted {
-            Interrupt::Timeout => {
-                let after = timeout.unwrap_or_default();
-                tracing::warn!(?after, rolled_back, "request timed out");
+        let (resp, state) = self.conn.wind_down().await;
+        let at = self.conn.interruption(state);
+        let interrupt = match interrupt {
+            // Nothing to account for beyond the error itself.
+            Interrupt::Failed(e) if state == RequestState::Untouched => return Err(e),
+            other => other,
+        };
+        if let (Some(resp), Interrupt::Timeout(_) | Interrupt::Cancelled) = (&resp, &interrupt)
+            && resp.success
+        {
+            tracing::info!(%at, "interrupted past its commit point: the request went through");
+            return Ok(Answer {
+                resp: resp.clone(),
+                hook_failure: None,
+                state,
+            });
+        }
+        Err(match interrupt {
+            Interrupt::Timeout(after) => {
+                tracing::warn!(?after, %at, "request timed out");
                 Error::Timeout {
                     request: kind,
                     after,
-                    rolled_back,
+                    at,
                 }
             }
             Interrupt::Cancelled => {
-                tracing::warn!(rolled_back, "request cancelled");
-                Error::Cancelled {
+                tracing::warn!(%at, "request cancelled");
+                Error::Cancelled { request: kind, at }
+            }
+            Interrupt::Failed(source) => {
+                tracing::warn!(error = %source, %at, "gave up on the request");
+                Error::Aborted {
                     request: kind,
-                    rolled_back,
+                    at,
+                    source: Box::new(source),
                 }
             }
         })
@@ -812,8 +848,10 @@ impl<'a> Limits<'a> {
 }
 
 enum Interrupt {
-    Timeout,
+    Timeout(Duration),
     Cancelled,
+    /// An error of ours while criu was working on the request.
+    Failed(Error),
 }
 
 /// The pre-dump loop on one criu process: any number of pre-dumps, then one dump.
@@ -864,11 +902,15 @@ impl PreDumpLoop {
             .await
     }
 
-    async fn iterate<H: Hooks>(&mut self, p: Prepared, hooks: &mut H) -> Result<PreDumpOutcome> {
+    async fn iterate<H: Hooks>(
+        &mut self,
+        mut p: Prepared,
+        hooks: &mut H,
+    ) -> Result<PreDumpOutcome> {
         let pid = p.pid.unwrap_or_default();
         let iteration = self.iterations + 1;
         self.session
-            .request(&p, Mode::InLoop, hooks)
+            .request(&mut p, Mode::InLoop, hooks)
             .instrument(tracing::info_span!("pre_dump_loop", iteration))
             .await?;
         self.iterations = iteration;
@@ -936,10 +978,13 @@ struct Conn {
     child: Option<Supervised>,
     /// criu's stderr, still readable after the child was reaped.
     stderr: Option<StderrTail>,
-    /// A request was sent and its final answer has not arrived.
-    in_flight: Option<RequestKind>,
-    /// criu sent a notification and waits for our answer.
-    notify_pending: bool,
+    /// The request sent last; in flight until criu's final response.
+    exchange: Option<Exchange>,
+    /// The restored root, held from `post-restore` on: a restore dropped past its
+    /// commit point must not leave a tree running that nobody knows of.
+    restored: Option<Held>,
+    /// What a dump that does not commit leaves to remove.
+    scrub: Option<Scrub>,
     grace: Duration,
 }
 
@@ -949,8 +994,9 @@ impl Conn {
             transport: Some(Transport::new(sock)),
             stderr: child.as_ref().map(Supervised::stderr_tail),
             child,
-            in_flight: None,
-            notify_pending: false,
+            exchange: None,
+            restored: None,
+            scrub: None,
             grace,
         }
     }
@@ -976,7 +1022,30 @@ impl Conn {
             request: kind,
             status: None,
             stderr: "the session was closed by an earlier failure".into(),
+            at: Interruption::untouched(),
         })
+    }
+
+    /// A request was sent and criu has neither answered it nor gone away.
+    fn in_flight(&self) -> bool {
+        self.exchange.as_ref().is_some_and(|x| !x.is_finished())
+    }
+
+    fn exchange_mut(&mut self) -> &mut Exchange {
+        self.exchange
+            .as_mut()
+            .expect("a request is in flight while its exchange runs")
+    }
+
+    /// The caller's account of the request that ended in `state`.
+    fn interruption(&self, state: RequestState) -> Interruption {
+        match &self.exchange {
+            Some(x) => x.interruption(state),
+            None => Interruption {
+                state,
+                ..Interruption::untouched()
+            },
+        }
     }
 
     /// Sends `req` and answers notifications until criu's final response.
@@ -985,8 +1054,8 @@ impl Conn {
     /// `status-ready` notification has been answered too: a page server sends it from
     /// its own process, before or after criu's response, and dies if nobody answers.
     ///
-    /// Cancel safety: `in_flight` and `notify_pending` always say where the exchange
-    /// stands, so whoever drops this future can roll back.
+    /// Cancel safety: `exchange` always says where the request stands, so whoever
+    /// drops this future can wind it down ([`wind_down`](Self::wind_down)).
     async fn exchange<H: Hooks>(
         &mut self,
         kind: RequestKind,
@@ -994,8 +1063,11 @@ impl Conn {
         until_ready: bool,
         hooks: &mut H,
     ) -> Result<Answer> {
-        self.transport(kind)?.send(&codec::encode(req)).await?;
-        self.in_flight = Some(kind);
+        self.transport(kind)?;
+        self.exchange = Some(Exchange::new(kind));
+        if let Err(e) = self.transport(kind)?.send(&codec::encode(req)).await {
+            return Err(self.send_failed(kind, e).await);
+        }
         let mut hook_failure: Option<(String, BoxError)> = None;
         let mut ready = !until_ready;
         let mut held: Option<CriuResp> = None;
@@ -1006,13 +1078,16 @@ impl Conn {
             let incoming = match codec::classify(kind, &dg.bytes, dg.fds) {
                 Ok(incoming) => incoming,
                 Err(e) => {
-                    // Say where criu stands for the rollback: a rejected NOTIFY (stray
+                    // Say where criu stands for the wind-down: a rejected NOTIFY (stray
                     // fd, missing pid) still blocks criu until answered; any other
-                    // well-formed message was its final answer, so waiting for another
-                    // would only sit out the grace period. Undecodable: unknown.
-                    match codec::rejected_is_notify(&dg.bytes) {
-                        Some(true) => self.notify_pending = true,
-                        Some(false) => self.in_flight = None,
+                    // well-formed message was its final answer. Undecodable: unknown.
+                    match codec::peek(&dg.bytes) {
+                        Some(codec::Peek::Notify(name)) => {
+                            self.exchange_mut().notified(&name, None);
+                        }
+                        Some(codec::Peek::Final { success }) => {
+                            self.exchange_mut().finish(success);
+                        }
                         None => {}
                     }
                     return Err(e);
@@ -1025,11 +1100,18 @@ impl Conn {
                         held = Some(resp);
                         continue;
                     }
-                    self.in_flight = None;
-                    return Ok(Answer { resp, hook_failure });
+                    let state = self.exchange_mut().finish(resp.success);
+                    return Ok(Answer {
+                        resp,
+                        hook_failure,
+                        state,
+                    });
                 }
                 Incoming::Notify(n) => {
-                    self.notify_pending = true;
+                    self.exchange_mut().notified(n.name(), n.pid());
+                    if let (RequestKind::Restore, Notification::PostRestore { pid }) = (kind, &n) {
+                        self.restored = Held::open(*pid);
+                    }
                     let name = n.name().to_owned();
                     ready |= matches!(n, Notification::StatusReady);
                     tracing::debug!(hook = %name, pid = ?n.pid(), "criu reached a hook");
@@ -1047,60 +1129,123 @@ impl Conn {
                         }
                     };
                     let answer = codec::encode(&codec::notify_answer(ok, externals));
-                    self.transport(kind)?.send(&answer).await?;
-                    self.notify_pending = false;
+                    if let Err(e) = self.transport(kind)?.send(&answer).await {
+                        return Err(self.send_failed(kind, e).await);
+                    }
+                    self.exchange_mut().answered(ok);
                     if ready && let Some(resp) = held.take() {
-                        self.in_flight = None;
-                        return Ok(Answer { resp, hook_failure });
+                        let state = self.exchange_mut().finish(true);
+                        return Ok(Answer {
+                            resp,
+                            hook_failure,
+                            state,
+                        });
                     }
                 }
             }
         }
     }
 
+    /// A send failed: criu gone (its end closed) is criu's exit; anything else is ours.
+    async fn send_failed(&mut self, kind: RequestKind, e: Error) -> Error {
+        let gone = matches!(
+            &e,
+            Error::Io { source, .. } if matches!(
+                source.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        );
+        if gone { self.exited(kind).await } else { e }
+    }
+
     /// criu closed the connection: reap it and say how it ended.
     async fn exited(&mut self, kind: RequestKind) -> Error {
+        let state = self
+            .exchange
+            .as_mut()
+            .map_or(RequestState::Untouched, Exchange::lost);
+        let at = self.interruption(state);
         let status = self.close().await;
         Error::Exited {
             request: kind,
             status,
             stderr: self.stderr(),
+            at,
         }
     }
 
-    /// Makes criu give up the request in flight: answers every notification with
-    /// failure until criu's final response, then closes and reaps. Kills criu if it
-    /// does not get there within the grace period. Returns whether criu confirmed
-    /// (or nothing was in flight).
-    async fn rollback(&mut self) -> bool {
-        let Some(kind) = self.in_flight.take() else {
+    /// Ends the request in flight after an interruption, as far as it can still be
+    /// ended, and closes the connection. Returns criu's final response if one came,
+    /// and what became of the request.
+    ///
+    /// * Nothing touched yet: criu is stopped at once (killed with its helpers, or the
+    ///   socket closed for a peer we did not start).
+    /// * Otherwise every hook is answered (with failure until the commit point, so
+    ///   that criu rolls back; with success after it) until criu's final response;
+    ///   criu is killed if that does not come within the grace period.
+    async fn wind_down(&mut self) -> (Option<CriuResp>, RequestState) {
+        let Some(x) = self.exchange.as_mut().filter(|x| !x.is_finished()) else {
             self.close().await;
-            return true;
+            return (None, RequestState::Untouched);
         };
-        let deadline = Instant::now() + self.grace;
-        let confirmed = match &self.transport {
+        let (answer, pending) = match x.interrupt() {
+            OnInterrupt::StopNow => {
+                tracing::info!(request = %x.kind(), "nothing touched yet: stopping criu");
+                let state = x.lost();
+                self.stop_now().await;
+                return (None, state);
+            }
+            OnInterrupt::WindDown { answer, pending } => (answer, pending),
+        };
+        let kind = x.kind();
+        let grace = self.grace;
+        let final_resp = match &self.transport {
             Some(t) => {
-                let pending = std::mem::take(&mut self.notify_pending);
-                tokio::time::timeout_at(deadline, answer_with_failure(t, kind, pending))
+                let x = self.exchange.as_mut().expect("checked above");
+                tokio::time::timeout(grace, answer_until_final(t, kind, x, answer, pending))
                     .await
                     .unwrap_or_else(|_| {
-                        tracing::warn!(grace = ?self.grace, "criu did not finish rolling back: killing it");
-                        false
+                        tracing::warn!(?grace, "criu did not finish winding down: killing it");
+                        None
                     })
             }
-            None => false,
+            None => None,
         };
-        if !confirmed && let Some(child) = self.child.as_mut() {
+        let x = self.exchange.as_mut().expect("checked above");
+        let state = match &final_resp {
+            Some(resp) => x.finish(resp.success),
+            None => x.lost(),
+        };
+        if final_resp.is_none() {
+            self.stop_now().await;
+        } else {
+            self.close().await;
+        }
+        (final_resp, state)
+    }
+
+    /// Ends criu now: kills its process group (or, for a peer we did not start,
+    /// closes the socket) and reaps it.
+    async fn stop_now(&mut self) {
+        if let Some(child) = self.child.as_mut() {
             child.kill();
         }
         self.close().await;
-        confirmed
+    }
+
+    /// The request ended in `state`: removes the images of a dump that did not
+    /// commit, and lets go of a restored root.
+    fn settle(&mut self, state: RequestState) {
+        if let Some(scrub) = self.scrub.take()
+            && state != RequestState::Committed
+        {
+            scrub.run();
+        }
+        self.restored = None;
     }
 
     /// Closes the socket and reaps criu.
     async fn close(&mut self) -> Option<ExitStatus> {
-        self.in_flight = None;
-        self.notify_pending = false;
         self.transport = None;
         match self.child.take() {
             Some(child) => child.finish(self.grace).await,
@@ -1109,30 +1254,38 @@ impl Conn {
     }
 }
 
-async fn answer_with_failure(t: &Transport, kind: RequestKind, pending: bool) -> bool {
-    let fail = codec::encode(&codec::notify_answer(false, Vec::new()));
-    if pending && t.send(&fail).await.is_err() {
-        return false;
+/// Answers each hook criu reaches with `answer` (the pending one first) until its final
+/// response, which it returns; `None` if criu goes away or breaks the protocol first.
+async fn answer_until_final(
+    t: &Transport,
+    kind: RequestKind,
+    x: &mut Exchange,
+    answer: bool,
+    pending: bool,
+) -> Option<CriuResp> {
+    let encoded = |ok: bool| codec::encode(&codec::notify_answer(ok, Vec::new()));
+    if pending {
+        t.send(&encoded(answer)).await.ok()?;
+        x.answered(answer);
     }
     loop {
-        match t.recv().await {
-            Ok(Some(dg)) => match codec::classify(kind, &dg.bytes, dg.fds) {
-                Ok(Incoming::Notify(n)) => {
-                    tracing::info!(hook = n.name(), "answering with failure to roll back");
-                    if t.send(&fail).await.is_err() {
-                        return false;
-                    }
-                }
-                Ok(Incoming::Done(resp)) => {
-                    tracing::info!(success = resp.success, "criu rolled back");
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "unreadable message during rollback");
-                    return false;
-                }
-            },
-            Ok(None) | Err(_) => return false,
+        let dg = t.recv().await.ok()??;
+        match codec::classify(kind, &dg.bytes, dg.fds) {
+            Ok(Incoming::Notify(n)) => {
+                x.notified(n.name(), n.pid());
+                let ok = x.wind_down_answer();
+                tracing::info!(hook = n.name(), ok, "answering while winding down");
+                t.send(&encoded(ok)).await.ok()?;
+                x.answered(ok);
+            }
+            Ok(Incoming::Done(resp)) => {
+                tracing::info!(success = resp.success, "criu answered while winding down");
+                return Some(resp);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable message while winding down");
+                return None;
+            }
         }
     }
 }
@@ -1140,6 +1293,7 @@ async fn answer_with_failure(t: &Transport, kind: RequestKind, pending: bool) ->
 impl Drop for Conn {
     fn drop(&mut self) {
         if self.transport.is_none() && self.child.is_none() {
+            self.settle_dropped(None);
             return;
         }
         // Wrapped in `Detached`: were `rest` dropped as a plain `Conn` (no runtime, or
@@ -1149,24 +1303,51 @@ impl Drop for Conn {
             transport: self.transport.take(),
             child: self.child.take(),
             stderr: None,
-            in_flight: self.in_flight.take(),
-            notify_pending: self.notify_pending,
+            exchange: self.exchange.take(),
+            restored: self.restored.take(),
+            scrub: self.scrub.take(),
             grace: self.grace,
         });
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
                     let mut rest = rest;
-                    if let Some(kind) = rest.0.in_flight {
-                        tracing::warn!(request = %kind, "request dropped mid-way: rolling back");
+                    if let Some(x) = rest.0.exchange.as_ref().filter(|x| !x.is_finished()) {
+                        tracing::warn!(request = %x.kind(), hook = ?x.pending(), "request dropped mid-way: winding it down");
                     }
-                    rest.0.rollback().await;
+                    let (_, state) = rest.0.wind_down().await;
+                    rest.0.settle_dropped(Some(state));
                 });
             }
             // No runtime: `Supervised`'s own drop kills criu; its parasite cures the
             // tree, which keeps running.
             Err(_) => drop(rest),
         }
+    }
+}
+
+impl Conn {
+    /// The end of a request nobody waits for any more: as [`settle`](Self::settle),
+    /// and a restore that committed has its tree killed, since its caller is gone
+    /// (the images are untouched: it can be restored again). `state` is `None` when
+    /// criu could not be wound down (no runtime).
+    fn settle_dropped(&mut self, state: Option<RequestState>) {
+        let state = state.unwrap_or_else(|| {
+            self.exchange
+                .as_mut()
+                .filter(|x| !x.is_finished())
+                .map_or(RequestState::Untouched, Exchange::lost)
+        });
+        if state == RequestState::Committed
+            && let Some(root) = self.restored.take()
+        {
+            tracing::warn!(
+                pid = root.pid(),
+                "restore dropped after post-restore: killing the restored tree nobody waits for"
+            );
+            root.kill_tree();
+        }
+        self.settle(state);
     }
 }
 

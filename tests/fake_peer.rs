@@ -28,7 +28,7 @@ use criu_swrk::proto::{
 };
 use criu_swrk::{
     CheckOptions, DumpOptions, Error, Hooks, Notification, PreDumpOptions, Reply, RequestKind,
-    RestoreOptions, Session, Version,
+    RequestState, RestoreOptions, Session, Version,
 };
 
 // ---------------------------------------------------------------------------------
@@ -1300,8 +1300,17 @@ async fn malformed_notifications_are_protocol_errors_answered_with_failure() {
         let res = within("dump", session.dump_with(opts, &mut hooks)).await;
         let peer = finish(peer).await;
         let err = res.unwrap_err();
-        assert!(matches!(err, Error::Protocol { .. }), "{hook}: {err:?}");
-        assert!(err.to_string().contains(mention), "{hook}: {err}");
+        let state = err.request_state();
+        assert!(
+            state.is_some_and(RequestState::target_unchanged),
+            "{hook}: {state:?}"
+        );
+        let cause = match &err {
+            Error::Aborted { source, .. } => source,
+            other => other,
+        };
+        assert!(matches!(cause, Error::Protocol { .. }), "{hook}: {err:?}");
+        assert!(cause.to_string().contains(mention), "{hook}: {err}");
         assert!(
             hooks.seen.is_empty(),
             "{hook}: no hook runs on a bad message"
@@ -1351,7 +1360,7 @@ async fn criu_closing_mid_notification_is_exited() {
 }
 
 #[tokio::test]
-async fn a_silent_criu_times_out() {
+async fn a_silent_criu_times_out_at_once_since_nothing_was_touched() {
     let dir = images_dir();
     let (mut session, peer) = fake(|mut p| async move {
         p.expect(CriuReqType::Dump).await;
@@ -1359,27 +1368,70 @@ async fn a_silent_criu_times_out() {
         p.expect_closed().await;
         p
     });
-    session.set_grace(SHORT_GRACE);
+    // Before pre-dump nothing is seized: the timeout ends criu at once, whatever the
+    // grace.
+    session.set_grace(Duration::from_secs(3600));
     let opts = DumpOptions::new(TARGET)
         .images_dir(dir.path())
         .timeout(Duration::from_millis(100));
+    let started = std::time::Instant::now();
     let res = within("dump", session.dump(opts)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let peer = finish(peer).await;
     assert_eq!(peer.types(), [CriuReqType::Dump]);
     let err = res.unwrap_err();
     match &err {
-        Error::Timeout {
-            request,
-            after,
-            rolled_back,
-        } => {
+        Error::Timeout { request, after, at } => {
             assert_eq!(*request, RequestKind::Dump);
             assert_eq!(*after, Duration::from_millis(100));
-            assert!(!rolled_back, "a silent criu confirmed nothing");
+            assert_eq!(at.state, RequestState::Untouched);
+            assert_eq!(at.hook, None);
         }
         other => panic!("{other:?}"),
     }
     assert!(err.is_timeout());
+    assert!(
+        err.to_string()
+            .contains("stopped before criu touched the target"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_criu_silent_after_seizing_is_waited_for_up_to_the_grace_then_unknown() {
+    let dir = images_dir();
+    let (mut session, peer) = fake(|mut p| async move {
+        p.expect(CriuReqType::Dump).await;
+        p.notify("pre-dump", None).await;
+        // Busy (seized, writing memory) and never heard of again.
+        p.expect_closed().await;
+        p
+    });
+    session.set_grace(SHORT_GRACE);
+    let opts = DumpOptions::new(TARGET)
+        .images_dir(dir.path())
+        .timeout(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let err = within("dump", session.dump(opts)).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= SHORT_GRACE,
+        "the grace was not waited for: {took:?}"
+    );
+    finish(peer).await;
+    match &err {
+        Error::Timeout { at, .. } => {
+            assert_eq!(at.state, RequestState::Unknown);
+            assert_eq!(at.hook, None, "no hook was pending");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("parasite"), "{err}");
+    assert_eq!(err.request_state(), Some(RequestState::Unknown));
 }
 
 #[tokio::test]
@@ -1403,8 +1455,13 @@ async fn a_timeout_during_a_hook_answers_it_with_failure() {
     within("hook start", started).await.expect("post-dump ran");
     assert_eq!(peer.answers(), [true, false]);
     match res.unwrap_err() {
-        Error::Timeout { rolled_back, .. } => {
-            assert!(rolled_back, "criu confirmed the rollback");
+        Error::Timeout { at, .. } => {
+            assert_eq!(
+                at.state,
+                RequestState::RolledBack,
+                "criu confirmed the rollback"
+            );
+            assert_eq!(at.hook.as_deref(), Some("post-dump"));
         }
         other => panic!("{other:?}"),
     }
@@ -1438,16 +1495,14 @@ async fn dropping_a_dump_while_a_hook_runs_answers_failure_in_the_background() {
 }
 
 #[tokio::test]
-async fn dropping_a_dump_before_any_hook_fails_the_next_one() {
+async fn dropping_a_dump_before_any_hook_stops_criu_at_once() {
     let dir = images_dir();
     let (sent_tx, sent) = oneshot::channel();
-    let (go_tx, go) = oneshot::channel::<()>();
     let (session, peer) = fake(move |mut p| async move {
         p.expect(CriuReqType::Dump).await;
         sent_tx.send(()).unwrap();
-        // criu is busy until the caller has given up.
-        go.await.unwrap();
-        p.expect_rollback_at("pre-dump").await;
+        // criu is still starting up when the caller gives up: it hears nothing more.
+        p.expect_closed().await;
         p
     });
     let opts = DumpOptions::new(TARGET).images_dir(dir.path());
@@ -1458,10 +1513,41 @@ async fn dropping_a_dump_before_any_hook_fails_the_next_one() {
         r = sent => r.unwrap(),
     }
     drop(dump);
+    let peer = finish(peer).await;
+    assert_eq!(peer.answers(), Vec::<bool>::new());
+    assert!(hooks.seen.is_empty(), "the caller's hooks are gone");
+}
+
+#[tokio::test]
+async fn dropping_a_dump_between_hooks_fails_the_next_one() {
+    let dir = images_dir();
+    let (seized_tx, seized) = oneshot::channel();
+    let (go_tx, go) = oneshot::channel::<()>();
+    let (session, peer) = fake(move |mut p| async move {
+        p.expect(CriuReqType::Dump).await;
+        p.notify("pre-dump", None).await;
+        seized_tx.send(()).unwrap();
+        // criu is busy writing memory until the caller has given up.
+        go.await.unwrap();
+        p.expect_rollback_at("post-dump").await;
+        p
+    });
+    let opts = DumpOptions::new(TARGET).images_dir(dir.path());
+    let mut hooks = Recorder::default();
+    let mut dump = Box::pin(session.dump_with(opts, &mut hooks));
+    tokio::select! {
+        _ = &mut dump => panic!("the dump finished without criu"),
+        r = seized => r.unwrap(),
+    }
+    drop(dump);
     go_tx.send(()).unwrap();
     let peer = finish(peer).await;
-    assert_eq!(peer.answers(), [false]);
-    assert!(hooks.seen.is_empty(), "the caller's hooks are gone");
+    assert_eq!(peer.answers(), [true, false]);
+    assert_eq!(
+        hooks.seen.len(),
+        1,
+        "only pre-dump reached the caller's hooks"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -1982,12 +2068,10 @@ async fn a_cancelled_dump_is_rolled_back_in_the_foreground() {
     let peer = finish(peer).await;
     assert_eq!(peer.answers(), [true, false]);
     match res.unwrap_err() {
-        Error::Cancelled {
-            request,
-            rolled_back,
-        } => {
+        Error::Cancelled { request, at } => {
             assert_eq!(request, RequestKind::Dump);
-            assert!(rolled_back);
+            assert_eq!(at.state, RequestState::RolledBack);
+            assert_eq!(at.hook.as_deref(), Some("post-dump"));
         }
         other => panic!("{other:?}"),
     }

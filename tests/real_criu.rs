@@ -213,10 +213,10 @@ async fn timed_out_dump_rolls_back_and_leaves_the_target_running() {
         .await
         .unwrap_err();
     match err {
-        Error::Timeout {
-            rolled_back, after, ..
-        } => {
-            assert!(rolled_back, "criu should have confirmed the rollback");
+        Error::Timeout { at, after, .. } => {
+            // 50 ms in, criu is either still starting (stopped at once) or holds the
+            // tree (rolled back at its next hook).
+            assert!(at.state.target_unchanged(), "{at}");
             assert_eq!(after, Duration::from_millis(50));
         }
         other => panic!("expected a timeout, got {other}"),

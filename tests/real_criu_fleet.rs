@@ -131,9 +131,10 @@ async fn cancelling_a_batch_rolls_back_every_dump() {
     assert_eq!(results.len(), 3);
     for (target, result) in results {
         match result {
-            Err(Error::Cancelled { rolled_back, .. }) => {
-                assert!(rolled_back, "target {target} not confirmed rolled back")
-            }
+            Err(Error::Cancelled { at, .. }) => assert!(
+                at.state.target_unchanged(),
+                "target {target} not confirmed untouched or rolled back: {at}"
+            ),
             other => panic!("target {target}: expected a cancellation, got {other:?}"),
         }
     }
