@@ -79,9 +79,14 @@ impl Criu {
         self
     }
 
-    /// How long criu gets to answer a rollback (or to exit) before it is killed.
-    /// Default: 30 s. A rollback waits for criu's next hook, which comes after the
-    /// step it is in (writing memory, for a dump), so keep this above that step's time.
+    /// How long criu gets, once a request was interrupted after criu seized its
+    /// target, to reach its next hook (and roll back, or, past the commit point,
+    /// finish) before it is killed; also how long criu gets to exit after its session
+    /// closes. Default: [`DEFAULT_GRACE`] (30 s). The next hook comes after the step
+    /// criu is in (writing memory, for a dump), so keep this above that step's time: a
+    /// criu killed there leaves its parasite in the tree
+    /// ([`RequestState::Unknown`](crate::RequestState::Unknown)). Before criu seizes
+    /// anything an interrupt kills it at once, whatever the grace.
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self

@@ -87,6 +87,11 @@ impl Exchange {
         self.pending.as_deref()
     }
 
+    /// The request is past its commit point.
+    pub(crate) fn is_committed(&self) -> bool {
+        self.phase == Phase::Committed
+    }
+
     /// criu's final response has arrived.
     pub(crate) fn is_finished(&self) -> bool {
         self.finished

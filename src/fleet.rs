@@ -110,9 +110,11 @@ pub struct Batch<T> {
 }
 
 impl<T> Batch<T> {
-    /// Cancels the batch: every request in flight is rolled back (criu answers its
-    /// next hook with failure, so dumped trees keep running) and finishes with
-    /// [`Error::Cancelled`]; queued targets finish with it without starting.
+    /// Cancels the batch: every request in flight is stopped or rolled back as a
+    /// single request is (dumped trees keep running; requests already past their
+    /// commit point finish and report their outcome) and finishes with
+    /// [`Error::Cancelled`] saying which; queued targets finish with it without
+    /// starting ([`RequestState::Untouched`](crate::RequestState::Untouched)).
     pub fn cancel(&self) {
         self.cancel.cancel();
     }
@@ -153,9 +155,18 @@ impl Fleet {
     }
 
     /// A timeout per target, for targets whose options set none. A target past it is
-    /// rolled back and finishes with [`Error::Timeout`].
+    /// stopped or rolled back as a single request is (see
+    /// [`Session::dump`](crate::Session::dump)) and finishes with [`Error::Timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// How long a target's criu gets to roll back (reach its next hook) after a
+    /// timeout or cancel before it is killed; see [`Criu::grace`]. A target's request
+    /// therefore ends within timeout + grace.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.criu = self.criu.grace(grace);
         self
     }
 

@@ -24,11 +24,22 @@
 //!
 //! # Never losing the target
 //!
-//! Every request runs with criu's notifications on, so criu always stops at a hook
-//! before it commits. A dump that is dropped, times out, or hits an error of ours
-//! answers criu's next hook with failure: criu rolls back and the tree keeps running
-//! with its memory intact. criu is reaped on every path, and killed only when it stops
-//! answering for [`Criu::grace`].
+//! Every request runs with criu's notifications on, so criu stops at each hook and
+//! waits for the driver. What a timeout, a cancel, a dropped future, or an error of
+//! ours does then depends on how far criu has got, and the error says which
+//! ([`Error::request_state`], [`RequestState`]):
+//!
+//! | moment | dump | restore |
+//! | --- | --- | --- |
+//! | before `pre-dump` / `pre-restore` is answered | criu has touched nothing and is killed at once, with its helpers: [`RequestState::Untouched`] | the same |
+//! | between the hooks | criu's next hook is answered with failure: criu resumes the tree, memory intact: [`RequestState::RolledBack`] | criu kills what it restored: [`RequestState::RolledBack`] |
+//! | criu does not reach that hook within the grace ([`Criu::grace`]) | criu is killed; the tree most likely runs on but may carry criu's parasite mapping: [`RequestState::Unknown`] | criu is killed; a partly restored tree may be left (its pid in the error when known): [`RequestState::Unknown`] |
+//! | after `post-dump` / `post-restore` is answered with success | committed: the dump is let finish and its outcome returned (images complete; tree gone unless `leave_running`) | committed: the outcome, with the pid, is returned; a *dropped* restore has its tree killed, since nobody would know of it |
+//!
+//! A dump that does not commit leaves no images behind: what criu wrote is removed
+//! (criu's log file stays). criu is reaped on every path. If the driver process itself
+//! dies, criu sees its socket close and fails the hook it waits at, so a dump rolls
+//! back unless it had already committed.
 //!
 //! # Example
 //!
@@ -65,8 +76,9 @@
 //!
 //! # Requirements
 //!
-//! Linux, root (or the capabilities criu needs), criu 3.15 or later (tested with 4.1.1), and a
-//! Tokio runtime with the `process`, `net` and `time` drivers.
+//! Linux, root (or the capabilities criu needs), criu 3.15 or later (tested with 4.2.1;
+//! criu 4.1 cannot dump inet sockets on Linux 6.16 and later), and a Tokio runtime with
+//! the `net` and `time` drivers enabled (`Builder::enable_all`, or `#[tokio::main]`).
 #![warn(missing_docs)]
 
 mod codec;
@@ -82,7 +94,7 @@ pub mod options;
 mod outcome;
 mod process;
 pub mod proto;
-mod scrub;
+mod publish;
 mod session;
 mod spawn;
 pub mod stats;

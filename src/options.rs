@@ -16,7 +16,7 @@ use crate::proto::{
     CgroupRoot, CriuCgMode, CriuNetworkLockMethod, CriuOpts, CriuPageServerInfo, CriuPreDumpMode,
     InheritFd, JoinNamespace,
 };
-use crate::scrub::Scrub;
+use crate::publish::{Scrub, Staging};
 use crate::spawn::FIRST_PASSED_FD;
 use tokio_util::sync::CancellationToken;
 
@@ -145,6 +145,8 @@ struct Common {
     timeout: Option<Duration>,
     cancel: Option<CancellationToken>,
     raw: Vec<RawEdit>,
+    /// Dump into a staging sibling of the images directory.
+    staged: bool,
 }
 
 impl std::fmt::Debug for Common {
@@ -197,6 +199,8 @@ pub(crate) struct Prepared {
     /// For dumps: what to remove from the images directory if the dump does not
     /// commit.
     pub(crate) scrub: Option<Scrub>,
+    /// For staged dumps: where criu writes until the dump commits.
+    pub(crate) staging: Option<Staging>,
 }
 
 impl Prepared {
@@ -270,9 +274,29 @@ impl Common {
             kind,
             RequestKind::Dump | RequestKind::PreDump | RequestKind::SinglePreDump
         );
+        let staging = match (&self.images, self.staged) {
+            (Some(Dir::Path(target)), true) if kind == RequestKind::Dump => {
+                Some(Staging::new(target)?)
+            }
+            (_, true) if kind == RequestKind::Dump => {
+                return Err(Error::invalid(
+                    "staged",
+                    "a staged dump needs its images directory as a path (images_dir)",
+                ));
+            }
+            _ => None,
+        };
+        if let Some(st) = &staging {
+            self.images = Some(Dir::Path(st.temp().to_path_buf()));
+        }
         let images_dir = match self.images.take() {
             Some(dir) => {
                 let (fd, path) = open_dir(dir, "images_dir", writes_images)?;
+                // A staged dump is reported where it will be once it commits.
+                let path = match &staging {
+                    Some(st) => st.target().to_path_buf(),
+                    None => path,
+                };
                 let has_images = path.join("inventory.img").exists();
                 if kind == RequestKind::Restore && !has_images {
                     return Err(Error::invalid(
@@ -365,6 +389,12 @@ impl Common {
         if opts.log_level.is_none() {
             opts.log_level = Some(i32::from(DEFAULT_LOG_LEVEL));
         }
+        let mut staging = staging;
+        if let (Some(st), Some(name)) = (staging.as_mut(), &log_file)
+            && work_dir == images_dir
+        {
+            st.keep_log(name);
+        }
         let scrub = match (&images_dir, held.first()) {
             (Some(path), Some(fd)) if dumps => {
                 // criu's log stays, to say why; with our default of logging to stderr,
@@ -450,6 +480,7 @@ impl Common {
             pid: self.pid,
             scratch: None,
             scrub,
+            staging,
         })
     }
 }
@@ -906,6 +937,32 @@ impl DumpOptions {
     base_setters!();
     tree_setters!();
     dump_setters!();
+
+    /// Stage the images: criu writes them into a new hidden sibling of `images_dir`
+    /// (`.NAME.partial-XXXXXX`), which is renamed to `images_dir` the moment the dump
+    /// commits (its `post-dump` hook answered with success). `images_dir` then holds
+    /// a complete dump or nothing, even if this process is killed mid-way; a staging
+    /// directory left behind by a killed process is never taken for a dump. A dump
+    /// that does not commit removes its staging directory.
+    ///
+    /// `images_dir` must be given as a path, be absent or an empty directory, and
+    /// have a writable parent. Default: off (criu writes into `images_dir`, and a
+    /// dump that does not commit has what criu wrote there removed).
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn run() -> criu_swrk::Result<()> {
+    /// let opts = criu_swrk::DumpOptions::new(4242)
+    ///     .images_dir("/var/lib/ckpt/4242")
+    ///     .staged(true);
+    /// let out = criu_swrk::Criu::new().dump(opts).await?;
+    /// assert!(out.images_dir.unwrap().join("inventory.img").exists());
+    /// # Ok(()) }
+    /// ```
+    pub fn staged(mut self, on: bool) -> Self {
+        self.c.staged = on;
+        self
+    }
 
     pub(crate) fn prepare(self) -> Result<Prepared> {
         self.c

@@ -322,33 +322,68 @@ impl Child {
         Ok(self.status)
     }
 
-    /// Waits for the child to exit and reaps it; after a kill (or a death by signal),
-    /// also reaps the rest of its process group that was re-parented to us.
+    /// Waits for the child to exit and reaps it. After a kill, or a death by a signal,
+    /// the rest of its process group (criu's helpers) is killed too, while the dead
+    /// leader still holds the group's id, and what of it was re-parented to us is
+    /// reaped.
     ///
     /// Cancel safe: dropping the future leaves the child as it was.
     pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
-        let status = self.wait_self().await?;
-        if self.killed || status.signal().is_some() {
-            reap_group_orphans(self.pid).await;
-        }
-        Ok(status)
-    }
-
-    async fn wait_self(&mut self) -> io::Result<ExitStatus> {
         let mut backoff = Duration::from_millis(1);
         loop {
-            if let Some(s) = self.try_wait()? {
+            if let Some(s) = self.status {
                 return Ok(s);
+            }
+            if let Some(signaled) = exited_unreaped(self.pid)? {
+                let group_too = self.killed || signaled;
+                if group_too {
+                    // SAFETY: the leader is a zombie of ours: the group id cannot
+                    // have been reused.
+                    unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+                }
+                let status = reap_now(self.pid)?
+                    .ok_or_else(|| io::Error::other("the child exited but could not be reaped"))?;
+                self.status = Some(status);
+                if group_too {
+                    reap_group_orphans(self.pid).await;
+                }
+                return Ok(status);
             }
             match &self.pidfd {
                 Some(fd) => {
                     let mut ready = fd.readable().await?;
-                    if let Some(s) = reap_now(self.pid)? {
-                        self.status = Some(s);
-                        return Ok(s);
+                    if exited_unreaped(self.pid)?.is_none() {
+                        ready.clear_ready();
                     }
-                    ready.clear_ready();
                 }
+                None => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Completes once the child has exited, without reaping it (so `wait` still
+    /// sees it). Pending forever once it is reaped.
+    pub(crate) async fn exited(&self) {
+        if self.status.is_some() {
+            return std::future::pending().await;
+        }
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            if matches!(exited_unreaped(self.pid), Ok(Some(_)) | Err(_)) {
+                return;
+            }
+            match &self.pidfd {
+                Some(fd) => match fd.readable().await {
+                    Ok(mut ready) => {
+                        if !matches!(exited_unreaped(self.pid), Ok(Some(_)) | Err(_)) {
+                            ready.clear_ready();
+                        }
+                    }
+                    Err(_) => return,
+                },
                 None => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(50));
@@ -505,6 +540,33 @@ fn descendants(pid: libc::pid_t) -> Vec<libc::pid_t> {
         }
     }
     out
+}
+
+/// Whether the child has exited, without reaping it (`waitid` with `WNOWAIT`): `None`
+/// while it runs, else whether a signal ended it.
+fn exited_unreaped(pid: libc::pid_t) -> io::Result<Option<bool>> {
+    // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child, writing into `info`, which we own.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled in si_pid (0 when the child has not exited).
+    if unsafe { info.si_pid() } == 0 {
+        return Ok(None);
+    }
+    Ok(Some(matches!(
+        info.si_code,
+        libc::CLD_KILLED | libc::CLD_DUMPED
+    )))
 }
 
 /// `waitpid(pid, WNOHANG)`: the status if the child had exited (it is reaped now).

@@ -25,12 +25,14 @@ use crate::options::{
 use crate::outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
 use crate::process::Held;
 use crate::proto::{CriuReq, CriuResp};
-use crate::scrub::Scrub;
+use crate::publish::{Scrub, Staging};
 use crate::spawn::{StderrTail, Supervised};
 use crate::stats;
 use crate::transport::Transport;
 
-/// How long criu gets to answer a rollback, or to exit, before it is killed.
+/// How long criu gets, once a request is interrupted after criu seized its target, to
+/// reach its next hook and finish rolling back (or, past the commit point, to finish)
+/// before it is killed; also how long criu gets to exit after its session closes.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// One `criu swrk` process (or, through [`Session::from_socket`], any peer speaking
@@ -203,21 +205,33 @@ impl Session {
     /// `post-dump` hook agreed.
     ///
     /// # Errors
-    /// [`Error::InvalidOptions`] before anything starts; [`Error::Refused`] with criu's
-    /// message and log lines when criu fails (the tree keeps running);
-    /// [`Error::Timeout`] past the request's timeout (rolled back); [`Error::Exited`]
-    /// when criu dies.
+    /// [`Error::InvalidOptions`] before anything starts (an images directory that
+    /// already holds a dump, among others); [`Error::Refused`] with criu's message and
+    /// log lines when criu fails (the tree keeps running); [`Error::Timeout`] /
+    /// [`Error::Cancelled`] past the request's timeout or on cancellation, saying what
+    /// became of the dump ([`Error::request_state`]); [`Error::Exited`] when criu dies.
+    /// A dump that fails leaves no images behind (criu's log file stays).
     ///
     /// # Cancel safety
-    /// Dropping the future before criu's `post-dump` hook was answered leaves the tree
-    /// running with its memory intact: criu's next notification is answered with
-    /// failure in the background, criu rolls back and is reaped (killed only if it
-    /// stops answering within the grace period). After `post-dump` was answered the
-    /// dump is committed; it then finishes in the background.
+    /// What a timeout or a cancel does depends on how far criu has got (see the
+    /// crate docs, "Never losing the target"):
+    /// * before `pre-dump` was answered criu has touched nothing: it is killed at once
+    ///   with its helpers ([`RequestState::Untouched`]);
+    /// * between `pre-dump` and `post-dump` criu's next hook is answered with failure
+    ///   and criu resumes the tree, memory intact ([`RequestState::RolledBack`]). criu
+    ///   has the grace period ([`Criu::grace`](crate::Criu::grace)) to get to that
+    ///   hook; past it criu is killed and the tree may carry criu's parasite
+    ///   ([`RequestState::Unknown`]);
+    /// * once `post-dump` was answered with success the dump is committed: it is let
+    ///   finish and its outcome is returned (images complete, the tree gone unless
+    ///   `leave_running`).
+    ///
+    /// So a timed-out dump returns within its timeout (plus a moment to reap criu)
+    /// before `pre-dump`, and within timeout + grace after it.
     ///
     /// # Drop behavior
-    /// As for cancellation; the rollback needs a running Tokio runtime. Without one,
-    /// criu is killed, which its parasite survives (the tree resumes).
+    /// As for cancellation, in the background. That needs a running Tokio runtime;
+    /// without one criu is killed, which its parasite survives (the tree resumes).
     pub async fn dump(self, opts: DumpOptions) -> Result<DumpOutcome> {
         self.dump_with(opts, &mut NoHooks).await
     }
@@ -259,11 +273,17 @@ impl Session {
         } else {
             read_in(&p, stats::read_dump_stats)
         };
+        // Where the images really are: a staged dump whose rename failed left them
+        // in its staging directory.
+        let images_dir = match &p.staging {
+            Some(st) => Some(st.location().to_path_buf()),
+            None => p.images_dir.clone(),
+        };
         Ok(DumpOutcome {
             pid,
             log: p.log_path(),
             stats,
-            images_dir: p.images_dir,
+            images_dir,
         })
     }
 
@@ -276,11 +296,20 @@ impl Session {
     /// what it restored.
     ///
     /// # Cancel safety
-    /// Dropping the future before the restored tree resumed makes criu fail at its
-    /// next hook and kill what it restored.
+    /// * Before `pre-restore` was answered nothing exists yet: criu is killed at once
+    ///   ([`RequestState::Untouched`]).
+    /// * Between `pre-restore` and `post-restore` criu's next hook is answered with
+    ///   failure and criu kills what it restored ([`RequestState::RolledBack`]); past
+    ///   the grace period criu is killed, and a partly restored tree may be left
+    ///   ([`RequestState::Unknown`], with its pid in the error when criu had sent it).
+    /// * Once `post-restore` was answered the tree will run (criu ignores failures of
+    ///   the later hooks): the restore is let finish and its outcome, with the pid, is
+    ///   returned.
     ///
     /// # Drop behavior
-    /// As for cancellation.
+    /// As for cancellation, in the background, except past `post-restore`: nobody
+    /// would learn of the restored tree, so it is killed once criu is done (the
+    /// images are untouched and can be restored again).
     pub async fn restore(self, opts: RestoreOptions) -> Result<RestoreOutcome> {
         self.restore_with(opts, &mut NoHooks).await
     }
@@ -326,7 +355,13 @@ impl Session {
     /// (checked first, on the same criu process); otherwise as [`dump`](Self::dump).
     ///
     /// # Cancel safety
-    /// As [`dump`](Self::dump): the tree keeps running either way.
+    /// criu sends no hook during a pre-dump, so there is no point at which to roll it
+    /// back: a timeout or cancel lets criu finish (the tree runs on either way) and
+    /// returns its outcome; past the grace period criu is killed
+    /// ([`RequestState::Unknown`]: the tree may carry criu's parasite).
+    ///
+    /// # Drop behavior
+    /// As for cancellation, in the background.
     pub async fn single_pre_dump(self, opts: PreDumpOptions) -> Result<PreDumpOutcome> {
         self.single_pre_dump_with(opts, &mut NoHooks).await
     }
@@ -603,6 +638,7 @@ impl Session {
             criu.pid = ?self.criu_pid(),
         );
         self.conn.scrub = p.scrub.take();
+        self.conn.staging = p.staging.take();
         async move {
             if let Err(e) = self.preflight(p).await {
                 self.conn.close().await;
@@ -628,8 +664,24 @@ impl Session {
             {
                 self.conn.close().await;
             }
+            // Judged before settling: a failed dump's log is read before its staging
+            // directory goes.
+            let judged = answer.and_then(|a| self.judge(p, a));
+            let staging_goes = state != RequestState::Committed
+                && self
+                    .conn
+                    .staging
+                    .as_ref()
+                    .is_some_and(|st| !st.is_published());
             self.conn.settle(state);
-            let resp = self.judge(p, answer?)?;
+            p.staging = self.conn.staging.take();
+            let resp = judged.map_err(|mut e| {
+                if let (Error::Refused(r), true) = (&mut e, staging_goes) {
+                    // Moved to the images directory with the staging directory's end.
+                    r.log_path = p.log_path();
+                }
+                e
+            })?;
             tracing::info!("criu finished the request");
             Ok(resp)
         }
@@ -684,7 +736,7 @@ impl Session {
                 criu_message: resp.cr_errmsg,
             }),
             (false, None) => {
-                let mut err = self.refusal(p.kind, p.pid, &resp, p.log_path());
+                let mut err = self.refusal(p.kind, p.pid, &resp, self.log_path(p));
                 if let Error::Refused(r) = &mut err
                     && r.log_errors.is_empty()
                     && let Some(path) = p.fallback_log()
@@ -705,6 +757,17 @@ impl Session {
                 Ok(resp)
             }
             (true, None) => Ok(resp),
+        }
+    }
+
+    /// Where criu's log file for `p` is now: in a staged dump's staging directory
+    /// until the dump is published.
+    fn log_path(&self, p: &Prepared) -> Option<std::path::PathBuf> {
+        match &self.conn.staging {
+            Some(st) if !st.is_published() && p.work_dir == p.images_dir => {
+                Some(st.temp().join(p.log_file.as_ref()?))
+            }
+            _ => p.log_path(),
         }
     }
 
@@ -985,6 +1048,8 @@ struct Conn {
     restored: Option<Held>,
     /// What a dump that does not commit leaves to remove.
     scrub: Option<Scrub>,
+    /// Where a staged dump is written until it commits.
+    staging: Option<Staging>,
     grace: Duration,
 }
 
@@ -997,6 +1062,7 @@ impl Conn {
             exchange: None,
             restored: None,
             scrub: None,
+            staging: None,
             grace,
         }
     }
@@ -1072,7 +1138,8 @@ impl Conn {
         let mut ready = !until_ready;
         let mut held: Option<CriuResp> = None;
         loop {
-            let Some(dg) = self.transport(kind)?.recv().await? else {
+            let Some(dg) = recv_while_alive(self.transport(kind)?, self.child.as_ref()).await?
+            else {
                 return Err(self.exited(kind).await);
             };
             let incoming = match codec::classify(kind, &dg.bytes, dg.fds) {
@@ -1133,6 +1200,11 @@ impl Conn {
                         return Err(self.send_failed(kind, e).await);
                     }
                     self.exchange_mut().answered(ok);
+                    if self.exchange_mut().is_committed()
+                        && let Some(staging) = self.staging.as_mut()
+                    {
+                        staging.publish();
+                    }
                     if ready && let Some(resp) = held.take() {
                         let state = self.exchange_mut().finish(true);
                         return Ok(Answer {
@@ -1165,7 +1237,9 @@ impl Conn {
             .as_mut()
             .map_or(RequestState::Untouched, Exchange::lost);
         let at = self.interruption(state);
-        let status = self.close().await;
+        // Whatever criu left in its process group (a helper holding the socket, say)
+        // has no purpose now.
+        let status = self.stop_now().await;
         Error::Exited {
             request: kind,
             status,
@@ -1202,12 +1276,16 @@ impl Conn {
         let final_resp = match &self.transport {
             Some(t) => {
                 let x = self.exchange.as_mut().expect("checked above");
-                tokio::time::timeout(grace, answer_until_final(t, kind, x, answer, pending))
-                    .await
-                    .unwrap_or_else(|_| {
-                        tracing::warn!(?grace, "criu did not finish winding down: killing it");
-                        None
-                    })
+                let child = self.child.as_ref();
+                tokio::time::timeout(
+                    grace,
+                    answer_until_final(t, child, kind, x, answer, pending),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!(?grace, "criu did not finish winding down: killing it");
+                    None
+                })
             }
             None => None,
         };
@@ -1226,20 +1304,27 @@ impl Conn {
 
     /// Ends criu now: kills its process group (or, for a peer we did not start,
     /// closes the socket) and reaps it.
-    async fn stop_now(&mut self) {
+    async fn stop_now(&mut self) -> Option<ExitStatus> {
         if let Some(child) = self.child.as_mut() {
             child.kill();
         }
-        self.close().await;
+        self.close().await
     }
 
     /// The request ended in `state`: removes the images of a dump that did not
     /// commit, and lets go of a restored root.
     fn settle(&mut self, state: RequestState) {
-        if let Some(scrub) = self.scrub.take()
-            && state != RequestState::Committed
-        {
-            scrub.run();
+        let scrub = self.scrub.take();
+        if state != RequestState::Committed {
+            match self.staging.take() {
+                // Not published: dropping it removes the staging directory.
+                Some(staging) if !staging.is_published() => drop(staging),
+                _ => {
+                    if let Some(scrub) = scrub {
+                        scrub.run();
+                    }
+                }
+            }
         }
         self.restored = None;
     }
@@ -1258,6 +1343,7 @@ impl Conn {
 /// response, which it returns; `None` if criu goes away or breaks the protocol first.
 async fn answer_until_final(
     t: &Transport,
+    child: Option<&Supervised>,
     kind: RequestKind,
     x: &mut Exchange,
     answer: bool,
@@ -1269,7 +1355,7 @@ async fn answer_until_final(
         x.answered(answer);
     }
     loop {
-        let dg = t.recv().await.ok()??;
+        let dg = recv_while_alive(t, child).await.ok()??;
         match codec::classify(kind, &dg.bytes, dg.fds) {
             Ok(Incoming::Notify(n)) => {
                 x.notified(n.name(), n.pid());
@@ -1285,6 +1371,29 @@ async fn answer_until_final(
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable message while winding down");
                 return None;
+            }
+        }
+    }
+}
+
+/// Receives criu's next message; `None` at end-of-stream, or once criu has exited and
+/// sent nothing more: a helper criu forked may hold criu's end of the socket open after
+/// criu is gone, and end-of-stream would then never come.
+async fn recv_while_alive(
+    t: &Transport,
+    child: Option<&Supervised>,
+) -> Result<Option<crate::transport::Datagram>> {
+    let Some(child) = child else {
+        return t.recv().await;
+    };
+    tokio::select! {
+        biased;
+        dg = t.recv() => dg,
+        () = child.exited() => {
+            // What criu sent before it went is queued already.
+            match tokio::time::timeout(Duration::from_millis(20), t.recv()).await {
+                Ok(dg) => dg,
+                Err(_) => Ok(None),
             }
         }
     }
@@ -1306,6 +1415,7 @@ impl Drop for Conn {
             exchange: self.exchange.take(),
             restored: self.restored.take(),
             scrub: self.scrub.take(),
+            staging: self.staging.take(),
             grace: self.grace,
         });
         match tokio::runtime::Handle::try_current() {

@@ -206,6 +206,11 @@ impl Supervised {
         status
     }
 
+    /// Completes once criu has exited (it is reaped later, by `finish` or `wait`).
+    pub(crate) async fn exited(&self) {
+        self.child.exited().await;
+    }
+
     /// Sends SIGKILL now; [`finish`](Self::finish) still has to reap.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.start_kill();

@@ -425,3 +425,46 @@ fn a_batch_larger_than_the_fd_limit_tries_every_target() {
         assert!(error.contains("No such process"), "{error}");
     }
 }
+
+#[test]
+fn a_hung_criu_is_given_up_on_within_the_timeout_whatever_the_grace() {
+    // No root, no criu: a script stands in for a criu that never answers.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let criu = dir.path().join("criu-hangs");
+    std::fs::write(&criu, "#!/bin/sh\nexec sleep 3600\n").unwrap();
+    std::fs::set_permissions(&criu, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let images = dir.path().join("images");
+    let started = std::time::Instant::now();
+    let out = cli([
+        "--criu".as_ref(),
+        criu.as_os_str(),
+        "dump".as_ref(),
+        "--pid".as_ref(),
+        "1".as_ref(),
+        "--images-dir".as_ref(),
+        images.as_os_str(),
+        "--timeout".as_ref(),
+        "1".as_ref(),
+        "--grace".as_ref(),
+        "3600".as_ref(),
+    ]);
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("timed out after 1s"), "{stderr}");
+    assert!(
+        stderr.contains("stopped before criu touched the target"),
+        "{stderr}"
+    );
+    assert!(
+        !images.exists(),
+        "no images directory for a dump that never was"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["criu-hangs"], "no staging directory left");
+}

@@ -52,15 +52,20 @@ pub enum Command {
         /// The directory holding the images.
         #[arg(long, value_name = "DIR")]
         images_dir: PathBuf,
+        #[command(flatten)]
+        limits: Limits,
     },
     /// Checkpoint many process trees, a few at a time; the images of pid P go to
-    /// DIR/P (created if missing). Ctrl-C rolls back every dump in flight.
+    /// DIR/P (absent or empty; it appears when P's dump commits). Ctrl-C rolls back
+    /// every dump in flight.
     DumpMany(DumpManyArgs),
     /// Restore many process trees (detached), a few at a time.
     RestoreMany {
         /// How many criu processes may run at once.
         #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
         jobs: u16,
+        #[command(flatten)]
+        limits: Limits,
         /// Image directories, one per tree.
         #[arg(required = true, value_name = "DIR")]
         dirs: Vec<PathBuf>,
@@ -84,7 +89,9 @@ pub struct DumpArgs {
     /// The root of the tree to checkpoint.
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     pub pid: i32,
-    /// Where the images go (must exist).
+    /// Where the images go: absent or an empty directory. The images are written
+    /// into a hidden sibling (`.DIR.partial-XXXXXX`) and appear under DIR only once
+    /// the dump has committed, so DIR never holds a half-written dump.
     #[arg(long, value_name = "DIR")]
     pub images_dir: PathBuf,
     /// The tree is a shell job (its session leader is outside it, or it has a
@@ -126,10 +133,24 @@ pub struct DumpCommon {
     /// Leave the tree running after the checkpoint (by default criu kills it).
     #[arg(long)]
     pub leave_running: bool,
-    /// Give up on a target after SECS seconds (fractions allowed); its dump is rolled
-    /// back and the tree keeps running.
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// How long a target may take, for every command that runs criu on targets.
+#[derive(Debug, Args)]
+pub struct Limits {
+    /// Give up on a target after SECS seconds (fractions allowed). Before criu has
+    /// touched the target it is stopped at once; after that its dump or restore is
+    /// rolled back at criu's next hook (the tree keeps running); past criu's commit
+    /// point it is let finish and reported as done.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub timeout: Option<Duration>,
+    /// After a timeout or Ctrl-C, how long criu gets to reach its next hook and roll
+    /// back before it is killed (a criu killed then may leave its parasite in the
+    /// tree) [default: 30].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub grace: Option<Duration>,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

@@ -24,9 +24,10 @@ pub struct Target {
 /// Drives `batch` (over `targets`, in order) to its end; `verb` names the work for
 /// the progress bars. Returns whether every target succeeded.
 ///
-/// The first SIGINT or SIGTERM cancels the batch: every request in flight is rolled
-/// back (dumped trees keep running) and queued ones never start; the batch still runs
-/// to its end so that every target is reported. A second one exits at once (status
+/// The first SIGINT or SIGTERM cancels the batch: every request in flight is stopped or
+/// rolled back (dumped trees keep running; one already past its commit point finishes
+/// and is reported as done) and queued ones never start; the batch still runs to its
+/// end so that every target is reported. A second one exits at once (status
 /// 130): criu then sees its client gone and rolls back by itself.
 pub async fn run<T: Outcome>(
     mut batch: Batch<T>,
@@ -79,7 +80,10 @@ pub async fn run<T: Outcome>(
 
 fn on_signal<T>(batch: &Batch<T>, progress: &Progress, interrupted: &mut bool) {
     if *interrupted {
-        progress.note("interrupted again: quitting; criu rolls back what it was doing");
+        progress.note(
+            "interrupted again: quitting; criu rolls back what it was doing (a dump already \
+             committed leaves its images in its hidden .DIR.partial-* staging directory)",
+        );
         std::process::exit(130);
     }
     *interrupted = true;

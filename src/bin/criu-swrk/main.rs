@@ -29,7 +29,7 @@ mod demo;
 mod progress;
 mod report;
 
-use args::{Cli, Command, DumpCommon};
+use args::{Cli, Command, DumpCommon, Limits};
 use batch::Target;
 use report::Printer;
 
@@ -106,11 +106,12 @@ async fn run(cli: Cli) -> bool {
                 .pids
                 .iter()
                 .map(|&pid| {
-                    let dir = a.images_root.join(pid.to_string());
-                    // A directory that cannot be made is reported by the target's own
-                    // request (its images directory is missing or not writable).
-                    let _ = std::fs::create_dir_all(&dir);
-                    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+                    // A staged dump creates DIR/P when it commits; a root that cannot
+                    // be made is reported by each target's own request.
+                    let _ = std::fs::create_dir_all(&a.images_root);
+                    let root = std::fs::canonicalize(&a.images_root)
+                        .unwrap_or_else(|_| a.images_root.clone());
+                    let dir = root.join(pid.to_string());
                     let opts = DumpOptions::new(pid).images_dir(&dir);
                     let target = Target {
                         name: pid.to_string(),
@@ -122,11 +123,11 @@ async fn run(cli: Cli) -> bool {
                 .collect();
             dump(&criu, a.jobs.into(), &a.common, log_file, targets, printer).await
         }
-        Command::Restore { images_dir } => {
-            restore(&criu, 1, log_file, vec![images_dir], printer).await
+        Command::Restore { images_dir, limits } => {
+            restore(&criu, 1, &limits, log_file, vec![images_dir], printer).await
         }
-        Command::RestoreMany { jobs, dirs } => {
-            restore(&criu, jobs.into(), log_file, dirs, printer).await
+        Command::RestoreMany { jobs, limits, dirs } => {
+            restore(&criu, jobs.into(), &limits, log_file, dirs, printer).await
         }
         Command::Demo => match demo::run(&criu).await {
             Ok(()) => true,
@@ -148,13 +149,12 @@ async fn dump(
     targets: Vec<(Target, DumpOptions)>,
     printer: Printer,
 ) -> bool {
-    let mut fleet = Fleet::new(criu.clone()).jobs(jobs);
-    if let Some(t) = common.timeout {
-        fleet = fleet.timeout(t);
-    }
+    let fleet = limited(Fleet::new(criu.clone()).jobs(jobs), &common.limits);
     let (targets, opts): (Vec<_>, Vec<_>) = targets.into_iter().unzip();
     let batch = fleet.dump(opts.into_iter().map(|o| {
-        let o = o.leave_running(common.leave_running);
+        // Staged: an images directory holds a complete dump or nothing, even if this
+        // process is killed mid-way.
+        let o = o.leave_running(common.leave_running).staged(true);
         match &log_file {
             Some(name) => o.log_file(name.clone()),
             None => o,
@@ -163,17 +163,28 @@ async fn dump(
     batch::run(batch, &targets, printer, "dump").await
 }
 
+/// A fleet with the command line's timeout and grace.
+fn limited(mut fleet: Fleet, limits: &Limits) -> Fleet {
+    if let Some(t) = limits.timeout {
+        fleet = fleet.timeout(t);
+    }
+    if let Some(g) = limits.grace {
+        fleet = fleet.grace(g);
+    }
+    fleet
+}
+
 /// Restores the trees in `dirs`, `jobs` at a time.
 async fn restore(
     criu: &Criu,
     jobs: usize,
+    limits: &Limits,
     log_file: Option<String>,
     dirs: Vec<std::path::PathBuf>,
     printer: Printer,
 ) -> bool {
-    let batch = Fleet::new(criu.clone())
-        .jobs(jobs)
-        .restore(dirs.iter().map(|d| {
+    let batch =
+        limited(Fleet::new(criu.clone()).jobs(jobs), limits).restore(dirs.iter().map(|d| {
             let o = RestoreOptions::new().images_dir(d);
             match &log_file {
                 Some(name) => o.log_file(name.clone()),
