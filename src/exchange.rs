@@ -55,8 +55,9 @@ pub(crate) struct Exchange {
     interrupted: bool,
     /// The restored root's pid, once criu sent it.
     pid: Option<i32>,
-    /// criu's final response has arrived.
-    finished: bool,
+    /// What became of the request, once its exchange is over (criu answered or went
+    /// away).
+    outcome: Option<RequestState>,
 }
 
 impl Exchange {
@@ -74,7 +75,7 @@ impl Exchange {
             interrupted_at: None,
             interrupted: false,
             pid: None,
-            finished: false,
+            outcome: None,
         }
     }
 
@@ -92,9 +93,14 @@ impl Exchange {
         self.phase == Phase::Committed
     }
 
-    /// criu's final response has arrived.
+    /// The exchange is over: criu answered, or went away.
     pub(crate) fn is_finished(&self) -> bool {
-        self.finished
+        self.outcome.is_some()
+    }
+
+    /// What became of the request, once the exchange is over.
+    pub(crate) fn outcome(&self) -> Option<RequestState> {
+        self.outcome
     }
 
     /// The restored root's pid, once criu has sent it.
@@ -191,26 +197,26 @@ impl Exchange {
 
     /// criu's final response arrived, with `success`: what became of the request.
     pub(crate) fn finish(&mut self, success: bool) -> RequestState {
-        self.finished = true;
         self.pending = None;
-        match (success, self.phase) {
+        let state = match (success, self.phase) {
             (true, _) if self.touches_target() => RequestState::Committed,
             (true, _) | (false, Phase::Untouched) => RequestState::Untouched,
             // criu resumes the tree (or kills what it restored) on any failure, even
             // one after the commit point (a lazy dump whose pages could not be served).
             (false, _) => RequestState::RolledBack,
-        }
+        };
+        *self.outcome.get_or_insert(state)
     }
 
     /// criu is gone (killed, or dead) without a final response: what became of the
     /// request. The exchange is over.
     pub(crate) fn lost(&mut self) -> RequestState {
-        self.finished = true;
-        match self.phase {
+        let state = match self.phase {
             Phase::Untouched => RequestState::Untouched,
             Phase::Seized => RequestState::Unknown,
             Phase::Committed => RequestState::Committed,
-        }
+        };
+        *self.outcome.get_or_insert(state)
     }
 
     /// The caller's account of an interrupted request that ended in `state`.
@@ -248,7 +254,7 @@ mod tests {
         x.notified("pre-dump", None);
         // Pending, unanswered: criu waits before it seizes anything.
         assert_eq!(x.clone().interrupt(), OnInterrupt::StopNow);
-        assert_eq!(x.lost(), RequestState::Untouched);
+        assert_eq!(x.clone().lost(), RequestState::Untouched);
         x.answered(true);
         assert_eq!(
             x.interrupt(),
@@ -257,7 +263,7 @@ mod tests {
                 pending: false
             }
         );
-        assert_eq!(x.lost(), RequestState::Unknown);
+        assert_eq!(x.clone().lost(), RequestState::Unknown);
     }
 
     #[test]
@@ -298,7 +304,7 @@ mod tests {
                 pending: false
             }
         );
-        assert_eq!(x.lost(), RequestState::Committed);
+        assert_eq!(x.clone().lost(), RequestState::Committed);
         // A hook after the commit (network-unlock with leave_running) is agreed to.
         x.notified("network-unlock", None);
         assert!(x.wind_down_answer());
@@ -312,14 +318,14 @@ mod tests {
             RequestKind::Dump,
             &[("pre-dump", true), ("post-dump", false)],
         );
-        assert_eq!(x.lost(), RequestState::Unknown);
+        assert_eq!(x.clone().lost(), RequestState::Unknown);
         assert_eq!(x.finish(false), RequestState::RolledBack);
     }
 
     #[test]
     fn a_failed_pre_dump_leaves_the_target_untouched() {
         let mut x = walk(RequestKind::Dump, &[("pre-dump", false)]);
-        assert_eq!(x.lost(), RequestState::Untouched);
+        assert_eq!(x.clone().lost(), RequestState::Untouched);
         assert_eq!(x.finish(false), RequestState::Untouched);
     }
 
@@ -334,10 +340,10 @@ mod tests {
             ],
         );
         assert_eq!(x.pid(), Some(42));
-        assert_eq!(x.lost(), RequestState::Unknown);
+        assert_eq!(x.clone().lost(), RequestState::Unknown);
         x.notified("post-restore", Some(42));
         x.answered(true);
-        assert_eq!(x.lost(), RequestState::Committed);
+        assert_eq!(x.clone().lost(), RequestState::Committed);
         assert_eq!(
             x.interrupt(),
             OnInterrupt::WindDown {
@@ -377,8 +383,21 @@ mod tests {
                 pending: false
             }
         );
-        assert_eq!(x.lost(), RequestState::Unknown);
+        assert_eq!(x.clone().lost(), RequestState::Unknown);
         assert_eq!(x.finish(true), RequestState::Committed);
+    }
+
+    #[test]
+    fn the_outcome_is_kept_once_the_exchange_is_over() {
+        let mut x = walk(
+            RequestKind::Dump,
+            &[("pre-dump", true), ("post-dump", true)],
+        );
+        assert_eq!(x.outcome(), None);
+        assert_eq!(x.finish(true), RequestState::Committed);
+        // Asked again later (a session dropped while criu is reaped): the same answer.
+        assert_eq!(x.outcome(), Some(RequestState::Committed));
+        assert_eq!(x.lost(), RequestState::Committed);
     }
 
     #[test]

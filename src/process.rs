@@ -483,15 +483,28 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    /// Holds `pid`, if it exists.
-    pub(crate) fn open(pid: i32) -> Option<Self> {
+    /// Holds `pid` if it is a child of one of `parents` (criu, or us for a tree
+    /// restored as our child): a restored root is, when criu names it. A pid that is
+    /// not (a peer's mistake, or worse) is never held, so never killed.
+    pub(crate) fn child_of(pid: i32, parents: &[u32]) -> Option<Self> {
+        let parent_ok =
+            || parent_and_group(pid).is_some_and(|(ppid, _)| parents.contains(&(ppid as u32)));
+        if pid <= 1 || !parent_ok() {
+            return None;
+        }
         // SAFETY: pidfd_open has no memory effects; a failure is just -1.
         let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        (raw >= 0).then(|| Held {
+        if raw < 0 {
+            return None;
+        }
+        let held = Held {
             pid,
             // SAFETY: a fresh fd returned by the kernel, owned by nothing else.
             fd: unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as RawFd) },
-        })
+        };
+        // Checked again now that the pidfd pins the process: the pid was not reused
+        // in between by someone else's process.
+        parent_ok().then_some(held)
     }
 
     pub(crate) fn pid(&self) -> i32 {

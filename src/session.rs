@@ -1177,7 +1177,11 @@ impl Conn {
                 Incoming::Notify(n) => {
                     self.exchange_mut().notified(n.name(), n.pid());
                     if let (RequestKind::Restore, Notification::PostRestore { pid }) = (kind, &n) {
-                        self.restored = Held::open(*pid);
+                        // criu's child, or ours (rst_sibling); a session over a foreign
+                        // socket has only ours to check against.
+                        let mut parents = vec![std::process::id()];
+                        parents.extend(self.child.as_ref().and_then(Supervised::pid));
+                        self.restored = Held::child_of(*pid, &parents);
                     }
                     let name = n.name().to_owned();
                     ready |= matches!(n, Notification::StatusReady);
@@ -1259,8 +1263,14 @@ impl Conn {
     ///   criu is killed if that does not come within the grace period.
     async fn wind_down(&mut self) -> (Option<CriuResp>, RequestState) {
         let Some(x) = self.exchange.as_mut().filter(|x| !x.is_finished()) else {
+            // Over already (dropped while criu was being reaped, say): as it ended.
+            let state = self
+                .exchange
+                .as_ref()
+                .and_then(Exchange::outcome)
+                .unwrap_or(RequestState::Untouched);
             self.close().await;
-            return (None, RequestState::Untouched);
+            return (None, state);
         };
         let (answer, pending) = match x.interrupt() {
             OnInterrupt::StopNow => {
@@ -1445,7 +1455,6 @@ impl Conn {
         let state = state.unwrap_or_else(|| {
             self.exchange
                 .as_mut()
-                .filter(|x| !x.is_finished())
                 .map_or(RequestState::Untouched, Exchange::lost)
         });
         if state == RequestState::Committed

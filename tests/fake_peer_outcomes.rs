@@ -505,3 +505,48 @@ async fn a_failed_pre_resume_hook_does_not_fail_the_restore() {
     finish(peer).await;
     assert_eq!(out.pid, RESTORED);
 }
+
+#[tokio::test]
+async fn a_dropped_restore_never_kills_a_process_that_is_not_its_tree() {
+    // A peer naming someone else's process as the restored root (a mistake, or
+    // worse): not a child of criu nor ours, so the drop leaves it alone.
+    let out = Command::new("sh")
+        .args(["-c", "sleep 60 >/dev/null 2>&1 & echo $!"])
+        .output()
+        .expect("sh");
+    let stranger: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let dir = restore_images();
+    let (session, peer) = fake(move |mut p| async move {
+        p.expect(CriuReqType::Restore).await;
+        p.notify("pre-restore", None).await;
+        p.notify("post-restore", Some(stranger)).await;
+        p.notify("pre-resume", None).await;
+        p.send(&restore_resp(stranger)).await;
+        p.expect_closed().await;
+        p
+    });
+    let (reached_tx, reached) = oneshot::channel();
+    let restore = tokio::spawn(async move {
+        let mut hooks = stuck_at("pre-resume", reached_tx);
+        let opts = RestoreOptions::new().images_dir(dir.path());
+        session.restore_with(opts, &mut hooks).await
+    });
+    within("pre-resume", reached).await.unwrap();
+    restore.abort();
+    finish(peer).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Alive, not a zombie (this machine's init reaps late).
+    let alive = std::fs::read_to_string(format!("/proc/{stranger}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('Z'))
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stranger),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(
+        alive,
+        "the driver killed pid {stranger}, which criu never restored"
+    );
+}

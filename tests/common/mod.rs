@@ -250,6 +250,29 @@ impl Target {
             info: self.info,
         }
     }
+
+    /// Whether the target is gone: waits up to `within` for it to exit and reaps it.
+    pub async fn gone_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.child.as_mut().map(Child::try_wait) {
+                None => return true,
+                Some(Ok(Some(_))) => {
+                    self.child = None;
+                    return true;
+                }
+                Some(_) if Instant::now() >= deadline => return false,
+                Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// Whether the target runs on with its memory intact, and if not, why.
+    pub fn check_alive_and_intact(&self) -> Result<(), String> {
+        workload::assert_alive_and_intact(self.pid, &self.info)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl Drop for Target {
