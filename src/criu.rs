@@ -250,6 +250,55 @@ impl Criu {
         self.session_for(&mut p)?.dump_prepared(p, hooks).await
     }
 
+    /// Starts criu for a dump without sending it yet: criu's pid is known (to move
+    /// criu into the container's cgroup first, as runc does, say) and the fds the
+    /// options pass to criu (`page_server_fd`, ...) are already in its table. Send
+    /// the request with [`Spawned::run`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions), spawn errors.
+    ///
+    /// # Drop behavior
+    /// Dropping the [`Spawned`] unsent closes criu, which exits; it is reaped in the
+    /// background.
+    pub fn spawn_dump(&self, opts: DumpOptions) -> Result<Spawned<DumpOutcome>> {
+        let mut p = opts.prepare()?;
+        let session = self.session_for(&mut p)?;
+        Ok(Spawned::new(session, p))
+    }
+
+    /// Starts criu for a restore without sending it yet; see
+    /// [`spawn_dump`](Self::spawn_dump). The `inherit_fd` fds (the namespaces and
+    /// stdio pipes a runtime hands the restored tree) are in criu's table already.
+    ///
+    /// # Example
+    /// ```no_run
+    /// use criu_swrk::{Criu, RestoreOptions};
+    ///
+    /// # async fn run(stdout: std::os::fd::OwnedFd) -> criu_swrk::Result<()> {
+    /// let opts = RestoreOptions::new()
+    ///     .images_dir("/var/lib/ckpt/42")
+    ///     .inherit_fd("pipe:[12345]", stdout);
+    /// let spawned = Criu::new().spawn_restore(opts)?;
+    /// // Put criu into the container's cgroup before it restores anything.
+    /// std::fs::write("/sys/fs/cgroup/pids/ctr42/cgroup.procs", spawned.criu_pid().to_string())
+    ///     .expect("cgroup");
+    /// let restored = spawned.run().await?;
+    /// println!("restored as pid {}", restored.pid);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`spawn_dump`](Self::spawn_dump).
+    ///
+    /// # Drop behavior
+    /// As [`spawn_dump`](Self::spawn_dump).
+    pub fn spawn_restore(&self, opts: RestoreOptions) -> Result<Spawned<RestoreOutcome>> {
+        let mut p = opts.prepare()?;
+        let session = self.session_for(&mut p)?;
+        Ok(Spawned::new(session, p))
+    }
+
     /// Restores a tree; see [`Session::restore`].
     ///
     /// # Errors
@@ -313,5 +362,82 @@ impl Criu {
         self.session_for(&mut p)?
             .single_pre_dump_prepared(p, hooks)
             .await
+    }
+}
+
+/// A criu started for one request that has not been sent yet (see
+/// [`Criu::spawn_dump`], [`Criu::spawn_restore`]).
+#[must_use = "the request is sent only by `run`; dropping this closes criu"]
+#[derive(Debug)]
+pub struct Spawned<O> {
+    session: Session,
+    prepared: Prepared,
+    outcome: std::marker::PhantomData<fn() -> O>,
+}
+
+impl<O> Spawned<O> {
+    fn new(session: Session, prepared: Prepared) -> Self {
+        Spawned {
+            session,
+            prepared,
+            outcome: std::marker::PhantomData,
+        }
+    }
+
+    /// criu's pid.
+    pub fn criu_pid(&self) -> u32 {
+        self.session
+            .criu_pid()
+            .expect("a spawned criu has a pid until it is reaped")
+    }
+}
+
+impl Spawned<DumpOutcome> {
+    /// Sends the dump; as [`Session::dump`].
+    ///
+    /// # Errors
+    /// As [`Session::dump`].
+    ///
+    /// # Cancel safety
+    /// As [`Session::dump`].
+    pub async fn run(self) -> Result<DumpOutcome> {
+        self.run_with(&mut NoHooks).await
+    }
+
+    /// Sends the dump, answering criu's notifications with `hooks`; as
+    /// [`Session::dump_with`].
+    ///
+    /// # Errors
+    /// As [`Session::dump_with`].
+    ///
+    /// # Cancel safety
+    /// As [`Session::dump`].
+    pub async fn run_with<H: Hooks>(self, hooks: &mut H) -> Result<DumpOutcome> {
+        self.session.dump_prepared(self.prepared, hooks).await
+    }
+}
+
+impl Spawned<RestoreOutcome> {
+    /// Sends the restore; as [`Session::restore`].
+    ///
+    /// # Errors
+    /// As [`Session::restore`].
+    ///
+    /// # Cancel safety
+    /// As [`Session::restore`].
+    pub async fn run(self) -> Result<RestoreOutcome> {
+        self.run_with(&mut NoHooks).await
+    }
+
+    /// Sends the restore, answering criu's notifications with `hooks`; as
+    /// [`Session::restore_with`].
+    ///
+    /// # Errors
+    /// As [`Session::restore_with`].
+    ///
+    /// # Cancel safety
+    /// As [`Session::restore`].
+    pub async fn run_with<H: Hooks>(self, hooks: &mut H) -> Result<RestoreOutcome> {
+        self.session.restore_prepared(self.prepared, hooks).await
     }
 }

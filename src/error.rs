@@ -93,7 +93,7 @@ pub enum Error {
     /// criu closed the connection or exited before answering. `at` says how far the
     /// request had got (a criu that died after seizing the target leaves it
     /// [`RequestState::Unknown`]).
-    #[error("criu exited before answering the {request} request{}{}; {at}", display_status(.status), display_stderr(.stderr))]
+    #[error("criu exited before answering the {request} request{}; {at}{}", display_status(.status), display_causes(.log_errors, .stderr))]
     Exited {
         /// The request in flight.
         request: RequestKind,
@@ -101,6 +101,9 @@ pub enum Error {
         status: Option<ExitStatus>,
         /// The last lines criu wrote to stderr.
         stderr: String,
+        /// The error lines criu (and its helpers) wrote to stderr before it went,
+        /// known-harmless ones skipped.
+        log_errors: Vec<String>,
         /// Where the request stood when criu went away.
         at: Interruption,
     },
@@ -425,11 +428,22 @@ fn display_status(status: &Option<ExitStatus>) -> String {
     status.map(|s| format!(" ({s})")).unwrap_or_default()
 }
 
-fn display_stderr(stderr: &str) -> String {
+/// criu's error lines, or else the end of its stderr.
+fn display_causes(log_errors: &[String], stderr: &str) -> String {
+    if !log_errors.is_empty() {
+        let mut out = String::from("\n  log errors:");
+        for line in log_errors {
+            out.push_str("\n    ");
+            out.push_str(line);
+        }
+        return out;
+    }
     let s = stderr.trim();
     if s.is_empty() {
-        String::new()
-    } else {
-        format!("; stderr: {s}")
+        return String::new();
     }
+    // The last few lines: the tail can be long at a high log level.
+    let lines: Vec<&str> = s.lines().collect();
+    let from = lines.len().saturating_sub(5);
+    format!("\n  stderr: {}", lines[from..].join("\n          "))
 }

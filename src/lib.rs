@@ -85,6 +85,7 @@ mod codec;
 mod criu;
 mod error;
 mod exchange;
+pub mod external;
 pub mod fleet;
 mod info;
 pub mod lazy;
@@ -103,7 +104,7 @@ mod transport;
 pub mod workload;
 
 pub use codec::RequestKind;
-pub use criu::Criu;
+pub use criu::{Criu, Spawned};
 pub use error::{BoxError, Error, Interruption, Refusal, RequestState, Result};
 pub use info::{Features, Version};
 pub use notify::{Hooks, NoHooks, Notification, Reply};

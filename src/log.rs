@@ -14,6 +14,9 @@ const TAIL_BYTES: u64 = 1024 * 1024;
 const HARMLESS: &[&str] = &[
     // CAP_SYS_RESOURCE missing: criu goes on with the limit it has.
     "Can't setup RLIMIT_NOFILE for self",
+    // iproute2, when a restore beside the original re-adds an address criu then
+    // finds in place: the restore goes on.
+    "ipv4: Address already assigned",
 ];
 
 /// The error lines of the log at `path`: the last [`MAX_LINES`] of them, each cut to a
@@ -33,11 +36,12 @@ pub(crate) fn error_lines_of_file(path: &Path) -> Vec<String> {
     error_lines(&String::from_utf8_lossy(&buf))
 }
 
-/// The error lines of a log's text (see [`error_lines_of_file`]).
+/// The lines of a log's text (criu's stderr, or its log file) that say why a request
+/// failed: criu's errors, and what criu's helpers wrote (see [`is_cause`]), bounded.
 pub(crate) fn error_lines(text: &str) -> Vec<String> {
     let mut lines: Vec<String> = text
         .lines()
-        .filter(|l| is_error(l) && !is_harmless(l))
+        .filter(|l| is_cause(l))
         .map(|l| {
             let l = l.trim();
             if l.chars().count() > MAX_LINE_CHARS {
@@ -59,13 +63,64 @@ pub(crate) fn is_harmless(line: &str) -> bool {
     HARMLESS.iter().any(|h| line.contains(h))
 }
 
-/// criu prefixes errors with `Error (file:line): ` after an optional timestamp.
-pub(crate) fn is_error(line: &str) -> bool {
-    let rest = match line.strip_prefix('(') {
-        Some(r) => r.split_once(") ").map(|(_, r)| r).unwrap_or(""),
-        None => line,
-    };
-    rest.starts_with("Error (") || rest.starts_with("Error:")
+/// One line of what criu writes, taken apart.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Line<'a> {
+    /// criu wrote it: it has criu's timestamp or pid prefix, or a level word.
+    pub(crate) criu: bool,
+    /// An error (`Error (file:line): ...`, `Error: ...`, criu's `BUG at ...`).
+    pub(crate) error: bool,
+    /// The text after criu's prefixes.
+    pub(crate) text: &'a str,
+}
+
+/// Takes a line apart: criu writes `[(SS.UUUUUU) ][  PID: ]Level (file:line): text`,
+/// the timestamp at log level 4 and above, the pid for what its restored tasks log
+/// (criu's log.c); anything else on its stderr comes from the helpers it runs
+/// (`sh: 1: iptables: not found`).
+pub(crate) fn parse(line: &str) -> Line<'_> {
+    let mut rest = line;
+    let mut prefixed = false;
+    if let Some(after) = rest.strip_prefix('(')
+        && let Some((ts, tail)) = after.split_once(") ")
+        && !ts.is_empty()
+        && ts.chars().all(|c| c.is_ascii_digit() || c == '.')
+    {
+        rest = tail;
+        prefixed = true;
+    }
+    let trimmed = rest.trim_start();
+    if let Some((pid, tail)) = trimmed.split_once(": ")
+        && !pid.is_empty()
+        && pid.chars().all(|c| c.is_ascii_digit())
+    {
+        rest = tail;
+        prefixed = true;
+    }
+    let error = rest.starts_with("Error (") || rest.starts_with("Error:");
+    let level = error || rest.starts_with("Warn  (") || rest.starts_with("Warn (");
+    Line {
+        criu: prefixed || level,
+        error,
+        text: rest,
+    }
+}
+
+/// Whether criu logged `line` as an error (in any of its forms; see [`parse`]).
+#[cfg(test)]
+fn is_error(line: &str) -> bool {
+    parse(line).error
+}
+
+/// Whether `line` says why a request failed: an error criu logged, or a line one of
+/// its helpers wrote (criu's own lines all carry its prefixes); known-harmless lines
+/// and blank ones do not.
+pub(crate) fn is_cause(line: &str) -> bool {
+    if line.trim().is_empty() || is_harmless(line) {
+        return false;
+    }
+    let l = parse(line);
+    l.error || !l.criu
 }
 
 #[cfg(test)]
@@ -85,6 +140,68 @@ Error (criu/cr-service.c:52): Can't read request
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines[0].contains("No process with such pid"));
         assert!(lines[1].starts_with("Error (criu/cr-service.c"));
+    }
+
+    #[test]
+    fn recognises_every_form_criu_writes_errors_in() {
+        let cases = [
+            // Level 2, criu itself.
+            (
+                "Error (criu/cr-dump.c:1970): No process with such pid 999999",
+                true,
+            ),
+            // A restored task's error: its pid in front.
+            (
+                " 14246: Error (criu/sk-inet.c:903): inet: Connected TCP socket in image",
+                true,
+            ),
+            // Level 4: a timestamp, and both.
+            (
+                "(00.012345) Error (criu/mount.c:48): mnt: BUG at criu/mount.c:48",
+                true,
+            ),
+            (
+                "(00.145223)  14246: Error (criu/cr-restore.c:1480): Can't fork for 1139: File exists",
+                true,
+            ),
+            ("Error: ipv4: something", true),
+            // Not errors.
+            ("(00.000010) Version: 4.2.1", false),
+            ("Warn  (criu/x.c:1): something", false),
+            ("  123: Warn  (criu/x.c:1): something", false),
+        ];
+        for (line, error) in cases {
+            assert_eq!(is_error(line), error, "{line}");
+            assert!(parse(line).criu, "{line}");
+            assert_eq!(is_cause(line), error, "{line}");
+        }
+        let lines = error_lines(
+            "(00.001) Error (criu/cr-restore.c:2392): Restoring FAILED.\n\
+             (00.000) 14246: Error (criu/sk-inet.c:903): inet: Connected TCP socket in image\n",
+        );
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[1].contains("Connected TCP socket"), "{lines:?}");
+    }
+
+    #[test]
+    fn what_a_helper_wrote_is_a_cause() {
+        // criu's network lock runs iptables through sh; without iptables the decisive
+        // line is sh's, not criu's.
+        let stderr = "Error (criu/util.c:650): exited, status=127\n\
+                      sh: 1: iptables: not found\n\
+                      Error (criu/net.c:3102): Iptables configuration failed\n\
+                      \n";
+        let lines = error_lines(stderr);
+        assert_eq!(
+            lines,
+            [
+                "Error (criu/util.c:650): exited, status=127",
+                "sh: 1: iptables: not found",
+                "Error (criu/net.c:3102): Iptables configuration failed"
+            ]
+        );
+        assert!(!parse("sh: 1: iptables: not found").criu);
+        assert!(!is_cause("Error: ipv4: Address already assigned."));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::codec::RequestKind;
 use crate::error::{Error, Result};
 use crate::proto::{
     CgroupRoot, CriuCgMode, CriuNetworkLockMethod, CriuOpts, CriuPageServerInfo, CriuPreDumpMode,
-    InheritFd, JoinNamespace,
+    CriuVethPair, ExtMountMap, InheritFd, JoinNamespace, UnixSk,
 };
 use crate::publish::{Scrub, Staging};
 use crate::spawn::FIRST_PASSED_FD;
@@ -964,6 +964,46 @@ impl DumpOptions {
         self
     }
 
+    /// Do not dump the links, routes and rules of the tree's network namespace: the
+    /// restore re-creates it empty (criu's `--empty-ns net`, read at dump in net.c;
+    /// restore with [`RestoreOptions::empty_ns`] too). `clone_flags` may hold only
+    /// `CLONE_NEWNET`.
+    pub fn empty_ns(mut self, clone_flags: u32) -> Self {
+        self.c.opts.empty_ns = Some(clone_flags);
+        self
+    }
+
+    /// Cgroup properties to dump, in criu's YAML format (criu reads them only at
+    /// dump, in cr-dump.c).
+    pub fn cgroup_props(mut self, yaml: impl Into<String>) -> Self {
+        self.c.opts.cgroup_props = Some(yaml.into());
+        self
+    }
+
+    /// A file with the cgroup properties to dump (criu reads it only at dump).
+    pub fn cgroup_props_file(mut self, path: impl Into<String>) -> Self {
+        self.c.opts.cgroup_props_file = Some(path.into());
+        self
+    }
+
+    /// The bind mount at `mountpoint` (as the tree sees it) is external, saved under
+    /// `key` (criu's `ext_mnt` field; the same as
+    /// [`External::mount`](crate::external::External::mount)). Repeatable.
+    pub fn ext_mount(mut self, mountpoint: impl Into<String>, key: impl Into<String>) -> Self {
+        self.c.opts.ext_mnt.push(ExtMountMap {
+            key: mountpoint.into(),
+            val: key.into(),
+        });
+        self
+    }
+
+    /// The unix socket with this inode is external: its peer is outside the tree
+    /// (criu's `unix_sk_ino` field, `--ext-unix-sk INODE`). Repeatable.
+    pub fn ext_unix_sk_inode(mut self, inode: u32) -> Self {
+        self.c.opts.unix_sk_ino.push(UnixSk { inode });
+        self
+    }
+
     pub(crate) fn prepare(self) -> Result<Prepared> {
         self.c
             .prepare(RequestKind::Dump, LogDefault::Pipe { file: "dump.log" })
@@ -1052,9 +1092,43 @@ impl RestoreOptions {
         mntns_compat_mode
     );
 
-    /// The root directory to restore the tree under.
+    /// The directory to restore the tree's root under: needed for a tree in its own
+    /// mount namespace (one that pivot_root'ed into a rootfs); criu bind-mounts it,
+    /// so it need not be a mount point. Without it criu 4.x dies of a `mnt: BUG` on
+    /// such a tree.
     pub fn root(mut self, path: impl Into<String>) -> Self {
         self.c.opts.root = Some(path.into());
+        self
+    }
+
+    /// Restore the tree's network namespace empty, with only the loopback device:
+    /// its links, routes and rules are not restored (criu's `--empty-ns net`, read at
+    /// restore in cr-restore.c; a dump with [`DumpOptions::empty_ns`] skips dumping
+    /// them). `clone_flags` may hold only `CLONE_NEWNET`.
+    pub fn empty_ns(mut self, clone_flags: u32) -> Self {
+        self.c.opts.empty_ns = Some(clone_flags);
+        self
+    }
+
+    /// Connect the tree's veth end `inner` to a new host end `outer` (criu's
+    /// `veths` field; the same as [`External::veth`](crate::external::External::veth)
+    /// without a bridge). Repeatable.
+    pub fn veth(mut self, inner: impl Into<String>, outer: impl Into<String>) -> Self {
+        self.c.opts.veths.push(CriuVethPair {
+            if_in: inner.into(),
+            if_out: outer.into(),
+        });
+        self
+    }
+
+    /// The external bind mount saved as `key` comes from `host_path` (criu's
+    /// `ext_mnt` field; the same as
+    /// [`External::mount_at`](crate::external::External::mount_at)). Repeatable.
+    pub fn ext_mount(mut self, key: impl Into<String>, host_path: impl Into<String>) -> Self {
+        self.c.opts.ext_mnt.push(ExtMountMap {
+            key: key.into(),
+            val: host_path.into(),
+        });
         self
     }
 
@@ -1082,18 +1156,6 @@ impl RestoreOptions {
         self
     }
 
-    /// Cgroup properties to apply, in criu's YAML format.
-    pub fn cgroup_props(mut self, yaml: impl Into<String>) -> Self {
-        self.c.opts.cgroup_props = Some(yaml.into());
-        self
-    }
-
-    /// A file with cgroup properties to apply.
-    pub fn cgroup_props_file(mut self, path: impl Into<String>) -> Self {
-        self.c.opts.cgroup_props_file = Some(path.into());
-        self
-    }
-
     /// Join an existing namespace instead of creating one: `ns` is `net`, `ipc`,
     /// `uts`, ... and `ns_file` a `/proc/<pid>/ns/<ns>` path or a pid.
     pub fn join_ns(mut self, ns: impl Into<String>, ns_file: impl Into<String>) -> Self {
@@ -1117,12 +1179,6 @@ impl RestoreOptions {
         self
     }
 
-    /// Namespaces to create empty (criu accepts only `CLONE_NEWNET`).
-    pub fn empty_ns(mut self, clone_flags: u32) -> Self {
-        self.c.opts.empty_ns = Some(clone_flags);
-        self
-    }
-
     /// Run this command after a successful restore, in criu's place.
     pub fn exec_cmd<I, S>(mut self, argv: I) -> Self
     where
@@ -1133,7 +1189,8 @@ impl RestoreOptions {
         self
     }
 
-    /// The LSM profile to restore the tree with (e.g. `apparmor:name`).
+    /// The LSM profile to restore the tree with (e.g. `apparmor:name`; criu 3.16+,
+    /// as runc requires: older criu mishandles it).
     pub fn lsm_profile(mut self, profile: impl Into<String>) -> Self {
         self.c.opts.lsm_profile = Some(profile.into());
         self
@@ -1176,6 +1233,13 @@ impl CheckOptions {
 
     base_setters!();
 
+    /// For `cpuinfo_check`: which CPU features must match (criu's `--cpu-cap` bit
+    /// mask; criu's default checks them all).
+    pub fn cpu_cap(mut self, mask: u32) -> Self {
+        self.c.opts.cpu_cap = Some(mask);
+        self
+    }
+
     pub(crate) fn prepare(mut self, kind: RequestKind) -> Result<Prepared> {
         let default_log = match kind {
             RequestKind::CpuinfoDump | RequestKind::CpuinfoCheck => "cpuinfo.log",
@@ -1208,6 +1272,7 @@ type Gate = (&'static str, (u32, u32), fn(&CriuOpts) -> bool);
 
 const VERSION_GATES: &[Gate] = &[
     ("pidfd_store", (3, 16), |o| o.pidfd_store_sk.is_some()),
+    ("lsm_profile", (3, 16), |o| o.lsm_profile.is_some()),
     ("lsm_mount_context", (3, 16), |o| {
         o.lsm_mount_context.is_some()
     }),
@@ -1752,6 +1817,24 @@ mod tests {
             wire(DumpOptions::new(4242).images_dir(d).prepare()).0.pid,
             Some(4242)
         );
+        let dump_new = || DumpOptions::new(4242).images_dir(d);
+        strings!(dump_new(), dump; cgroup_props, cgroup_props_file);
+        row!(dump_new(), dump; empty_ns(nix::libc::CLONE_NEWNET as u32) => |o, p| {
+            assert_eq!(o.empty_ns, Some(0x4000_0000));
+        });
+        row!(dump_new(), dump; ext_mount("/data", "vol") => |o, p| {
+            assert_eq!(o.ext_mnt, [ExtMountMap { key: "/data".into(), val: "vol".into() }]);
+        });
+        row!(dump_new(), dump; ext_unix_sk_inode(77).ext_unix_sk_inode(78) => |o, p| {
+            assert_eq!(o.unix_sk_ino, [UnixSk { inode: 77 }, UnixSk { inode: 78 }]);
+        });
+        // Staged: criu writes into a staging sibling, the outcome names the target.
+        let staged_target = d.join("staged");
+        row!(dump_new(), dump; staged(true).images_dir(&staged_target) => |o, p| {
+            let staging = std::fs::read_link(format!("/proc/self/fd/{}", o.images_dir_fd)).unwrap();
+            assert!(staging.to_string_lossy().contains(".staged.partial-"), "{staging:?}");
+            assert_eq!(p.images_dir.as_deref(), Some(staged_target.as_path()));
+        });
 
         // Pre-dump (a single one: the loop refuses lazy_pages, checked below).
         let pre = |b: PreDumpOptions| {
@@ -1783,9 +1866,19 @@ mod tests {
         base_rows!(rst_new(), rst);
         tree_rows!(rst_new(), rst);
         flags!(rst_new(), rst; rst_sibling, weak_sysctls, mntns_compat_mode);
-        strings!(rst_new(), rst;
-            root, cgroup_props, cgroup_props_file, lsm_profile, lsm_mount_context,
-        );
+        strings!(rst_new(), rst; root, lsm_profile, lsm_mount_context);
+        row!(rst_new(), rst; veth("eth0", "veth42").veth("eth1", "veth43") => |o, p| {
+            assert_eq!(
+                o.veths,
+                [
+                    CriuVethPair { if_in: "eth0".into(), if_out: "veth42".into() },
+                    CriuVethPair { if_in: "eth1".into(), if_out: "veth43".into() },
+                ]
+            );
+        });
+        row!(rst_new(), rst; ext_mount("vol", "/srv/v") => |o, p| {
+            assert_eq!(o.ext_mnt, [ExtMountMap { key: "vol".into(), val: "/srv/v".into() }]);
+        });
         let (r1, _w1) = std::io::pipe().unwrap();
         let (_r2, w2) = std::io::pipe().unwrap();
         let inos = [ino(r1.as_raw_fd()), ino(w2.as_raw_fd())];
@@ -1846,6 +1939,9 @@ mod tests {
         // Check.
         let chk = |b: CheckOptions| b.prepare(RequestKind::Check);
         base_rows!(CheckOptions::new().images_dir(d), chk);
+        row!(CheckOptions::new().images_dir(d), chk; cpu_cap(0x3) => |o, p| {
+            assert_eq!(o.cpu_cap, Some(3));
+        });
 
         // Page server.
         let ps = |b: PageServerOptions| b.prepare(RequestKind::PageServer);

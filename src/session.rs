@@ -1088,6 +1088,7 @@ impl Conn {
             request: kind,
             status: None,
             stderr: "the session was closed by an earlier failure".into(),
+            log_errors: Vec::new(),
             at: Interruption::untouched(),
         })
     }
@@ -1248,6 +1249,7 @@ impl Conn {
             request: kind,
             status,
             stderr: self.stderr(),
+            log_errors: log::error_lines(&self.stderr_errors()),
             at,
         }
     }

@@ -245,7 +245,7 @@ impl StderrTail {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::debug!(target: "criu_swrk::criu_stderr", criu_pid = pid, "{}", line);
-                if crate::log::is_error(&line) {
+                if crate::log::is_cause(&line) {
                     let mut errors = t.errors.lock().unwrap_or_else(|e| e.into_inner());
                     if errors.len() == STDERR_ERROR_LINES {
                         errors.pop_front();

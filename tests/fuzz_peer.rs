@@ -147,11 +147,9 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
             m.truncate(cut);
             m.extend_from_slice(&other[rng.below(other.len() + 1)..]);
         }
-        5 => {
-            if !m.is_empty() {
-                let i = rng.below(m.len());
-                m[i] = rng.next() as u8;
-            }
+        5 if !m.is_empty() => {
+            let i = rng.below(m.len());
+            m[i] = rng.next() as u8;
         }
         // Unchanged: a valid message, possibly at a moment it is not expected.
         _ => {}

@@ -137,7 +137,7 @@ async fn page_server_child_and_wait_pid() {
 }
 
 #[tokio::test]
-async fn restore_with_inherit_fd_replaces_the_stdout_pipe() {
+async fn restore_with_inherit_fd_replaces_the_stdout_pipe_in_a_criu_spawned_first() {
     let Some(env) = common::env() else { return };
     let (old_r, old_w) = std::io::pipe().unwrap();
     let mut target = env.workload_with_stdio(16, Stdio::null(), Stdio::from(old_w), Stdio::null());
@@ -161,15 +161,19 @@ async fn restore_with_inherit_fd_replaces_the_stdout_pipe() {
 
     let (new_r, new_w) = std::io::pipe().unwrap();
     let new_ino = nix::sys::stat::fstat(&new_r).unwrap().st_ino;
-    let out = env
+    // criu started first, as a runtime starts it (to move it into a cgroup before it
+    // restores anything): its pid is known and our pipe is in its table already.
+    let spawned = env
         .criu
-        .restore(
+        .spawn_restore(
             RestoreOptions::new()
                 .images_dir(&images)
                 .inherit_fd(key.clone(), new_w),
         )
-        .await
         .unwrap();
+    let criu_pid = spawned.criu_pid() as i32;
+    assert_eq!(common::fd_link(criu_pid, 4), format!("pipe:[{new_ino}]"));
+    let out = spawned.run().await.unwrap();
     let restored = target.restored(out.pid);
     assert_eq!(
         common::fd_link(out.pid, 1),
