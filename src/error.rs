@@ -292,6 +292,20 @@ impl Error {
         }
     }
 
+    /// This error, from a query made on behalf of a `kind` request (criu's version,
+    /// asked before it), as that request's: a timeout or cancel then ended it.
+    pub(crate) fn for_request(self, kind: RequestKind) -> Self {
+        match self {
+            Error::Timeout { after, at, .. } => Error::Timeout {
+                request: kind,
+                after,
+                at,
+            },
+            Error::Cancelled { at, .. } => Error::Cancelled { request: kind, at },
+            other => other,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),

@@ -96,6 +96,7 @@ mod outcome;
 mod process;
 pub mod proto;
 mod publish;
+pub mod record;
 mod session;
 mod spawn;
 pub mod stats;

@@ -67,7 +67,8 @@ pass_fd_from!(
 );
 
 /// How criu treats cgroups (`manage_cgroups_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum CgroupMode {
     /// Leave cgroups alone.
@@ -87,6 +88,18 @@ pub enum CgroupMode {
 }
 
 impl CgroupMode {
+    pub(crate) fn from_wire(v: i32) -> Option<Self> {
+        Some(match CriuCgMode::try_from(v).ok()? {
+            CriuCgMode::Ignore => CgroupMode::Ignore,
+            CriuCgMode::CgNone => CgroupMode::None,
+            CriuCgMode::Props => CgroupMode::Props,
+            CriuCgMode::Soft => CgroupMode::Soft,
+            CriuCgMode::Full => CgroupMode::Full,
+            CriuCgMode::Strict => CgroupMode::Strict,
+            CriuCgMode::Default => CgroupMode::Default,
+        })
+    }
+
     fn wire(self) -> CriuCgMode {
         match self {
             CgroupMode::Ignore => CriuCgMode::Ignore,
@@ -101,7 +114,8 @@ impl CgroupMode {
 }
 
 /// How criu locks the network of a dumped tree (`network_lock`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum NetworkLock {
     /// iptables rules (criu's default).
@@ -110,6 +124,16 @@ pub enum NetworkLock {
     Nftables,
     /// Do not lock; the caller does it (e.g. in the `network-lock` hook).
     Skip,
+}
+
+impl NetworkLock {
+    pub(crate) fn from_wire(v: i32) -> Option<Self> {
+        Some(match CriuNetworkLockMethod::try_from(v).ok()? {
+            CriuNetworkLockMethod::Iptables => NetworkLock::Iptables,
+            CriuNetworkLockMethod::Nftables => NetworkLock::Nftables,
+            CriuNetworkLockMethod::Skip => NetworkLock::Skip,
+        })
+    }
 }
 
 /// How a pre-dump reads memory (`pre_dump_mode`).
@@ -147,6 +171,8 @@ struct Common {
     raw: Vec<RawEdit>,
     /// Dump into a staging sibling of the images directory.
     staged: bool,
+    /// Write a restore record with the dump.
+    record: bool,
 }
 
 impl std::fmt::Debug for Common {
@@ -201,6 +227,8 @@ pub(crate) struct Prepared {
     pub(crate) scrub: Option<Scrub>,
     /// For staged dumps: where criu writes until the dump commits.
     pub(crate) staging: Option<Staging>,
+    /// Write a restore record ([`crate::record`]) into the images directory.
+    pub(crate) record: bool,
 }
 
 impl Prepared {
@@ -481,6 +509,7 @@ impl Common {
             scratch: None,
             scrub,
             staging,
+            record: self.record,
         })
     }
 }
@@ -961,6 +990,16 @@ impl DumpOptions {
     /// ```
     pub fn staged(mut self, on: bool) -> Self {
         self.c.staged = on;
+        self
+    }
+
+    /// Write a restore record ([`record`](crate::record)) into the images directory
+    /// with the dump: the options a restore needs (`tcp_established`, `shell_job`,
+    /// the tree's `root`, the network lock, ...) and criu's version, in
+    /// `criu-swrk.json`. It goes with the images: removed if the dump does not
+    /// commit, published with them if the dump is staged. Default: off.
+    pub fn record(mut self, on: bool) -> Self {
+        self.c.record = on;
         self
     }
 

@@ -178,8 +178,17 @@ impl Session {
     }
 
     async fn query(&mut self, kind: RequestKind, req: CriuReq) -> Result<Answer> {
+        self.query_within(kind, req, Limits::default()).await
+    }
+
+    async fn query_within(
+        &mut self,
+        kind: RequestKind,
+        req: CriuReq,
+        limits: Limits<'_>,
+    ) -> Result<Answer> {
         let answer = self
-            .run(kind, req, Limits::default(), false, &mut NoHooks)
+            .run(kind, req, limits, false, &mut NoHooks)
             .instrument(tracing::debug_span!("criu", request = %kind))
             .await?;
         if !answer.resp.success {
@@ -260,6 +269,7 @@ impl Session {
     ) -> Result<DumpOutcome> {
         let pid = p.pid.unwrap_or_default();
         let lazy = p.opts.lazy_pages == Some(true);
+
         let (p, _) = self.one_shot(p, hooks).await?;
         let stats = if lazy {
             // criu starts its lazy page server with fresh (zeroed) dump counters, so
@@ -285,6 +295,29 @@ impl Session {
             stats,
             images_dir,
         })
+    }
+
+    /// The version of the criu serving this session, asked once, within `p`'s own
+    /// timeout and cancellation (a criu that never answers must not outlast them).
+    async fn known_version(&mut self, p: &Prepared) -> Result<Version> {
+        if let Some(v) = &self.version {
+            return Ok(v.clone());
+        }
+        let answer = self
+            .query_within(
+                RequestKind::Version,
+                keep_open(RequestKind::Version),
+                Limits::of(p),
+            )
+            .await
+            .map_err(|e| e.for_request(p.kind))?;
+        let v = answer
+            .resp
+            .version
+            .map(Version::from)
+            .ok_or_else(|| Error::protocol("a VERSION response with a version", "none"))?;
+        self.version = Some(v.clone());
+        Ok(v)
     }
 
     /// Restores a process tree from images. criu restores detached: the root's parent
@@ -696,15 +729,19 @@ impl Session {
             // Our default, not the caller's choice: an older criu just logs to a file.
             gated.retain(|(name, _)| *name != "log_to_stderr");
         }
+        if p.record {
+            let version = self.known_version(p).await?;
+            let record = crate::record::DumpRecord::of(
+                p.pid.unwrap_or_default(),
+                &p.opts,
+                version.to_string(),
+            );
+            // Through the directory fd criu gets: the staging directory of a staged dump.
+            let dir = std::path::PathBuf::from(format!("/proc/self/fd/{}", p.opts.images_dir_fd));
+            record.write(&dir)?;
+        }
         if !gated.is_empty() {
-            let version = match &self.version {
-                Some(v) => v.clone(),
-                None => {
-                    let v = self.version().await?;
-                    self.version = Some(v.clone());
-                    v
-                }
-            };
+            let version = self.known_version(p).await?;
             if let Some((name, (major, minor))) = gated
                 .into_iter()
                 .find(|(_, (a, b))| !version.at_least(*a, *b))

@@ -468,3 +468,49 @@ fn a_hung_criu_is_given_up_on_within_the_timeout_whatever_the_grace() {
         .collect();
     assert_eq!(left, ["criu-hangs"], "no staging directory left");
 }
+
+#[test]
+fn a_bare_restore_brings_back_what_the_dump_recorded() {
+    let Some(env) = common::env() else { return };
+    // A shell job: the workload runs in the session of a shell outside the tree.
+    let info_path = env.dir.path().join("job.info");
+    let script = format!("{} 16 {} & wait", common::WORKLOAD, info_path.display());
+    let (mut shell, info) =
+        criu_swrk::workload::start(Path::new("/bin/sh"), &["-c", &script], &info_path)
+            .expect("the shell job");
+    let pid = common::children_of(shell.id() as i32)[0];
+    criu_swrk::workload::assert_alive_and_intact(pid, &info).unwrap();
+    let images = env.dir.path().join("job");
+    let pid_arg = pid.to_string();
+    let images_arg = images.display().to_string();
+    let out = cli([
+        "dump",
+        "--pid",
+        &pid_arg,
+        "--images-dir",
+        &images_arg,
+        "--shell-job",
+    ]);
+    assert_exit(&out, 0);
+    shell.wait().unwrap();
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(images.join("criu-swrk.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["format"], 1, "{record}");
+    assert_eq!(record["shell_job"], true, "{record}");
+    assert_eq!(record["pid"], pid, "{record}");
+    assert!(
+        record["criu_version"].as_str().unwrap().starts_with('4'),
+        "{record}"
+    );
+
+    // No --shell-job: the record says it.
+    let out = cli(["restore", "--images-dir", &images_arg]);
+    assert_exit(&out, 0);
+    let restored: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let restored = common::Restored {
+        pid: restored,
+        info,
+    };
+    restored.assert_alive_and_intact();
+}

@@ -550,3 +550,34 @@ async fn a_dropped_restore_never_kills_a_process_that_is_not_its_tree() {
         "the driver killed pid {stranger}, which criu never restored"
     );
 }
+
+#[tokio::test]
+async fn a_criu_silent_to_the_version_asked_first_still_ends_within_the_timeout() {
+    // leave_stopped needs criu 3.19: the driver asks criu's version before the dump,
+    // and that question is bounded by the dump's own timeout.
+    let dir = images_dir();
+    let (session, peer) = fake(|mut p| async move {
+        p.expect(CriuReqType::Version).await;
+        p.expect_closed().await;
+        p
+    });
+    let started = std::time::Instant::now();
+    let opts = DumpOptions::new(TARGET)
+        .images_dir(dir.path())
+        .leave_stopped(true)
+        .timeout(Duration::from_millis(100));
+    let err = within("dump", session.dump(opts)).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    finish(peer).await;
+    match err {
+        Error::Timeout { request, at, .. } => {
+            assert_eq!(request, criu_swrk::RequestKind::Dump);
+            assert_eq!(at.state, RequestState::Untouched);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 /// Checkpoint and restore Linux processes with criu, through its RPC (swrk) mode.
 ///
@@ -47,29 +47,17 @@ pub enum Command {
     Check,
     /// Checkpoint one process tree.
     Dump(DumpArgs),
-    /// Restore one process tree (detached) and print its root pid.
-    Restore {
-        /// The directory holding the images.
-        #[arg(long, value_name = "DIR")]
-        images_dir: PathBuf,
-        #[command(flatten)]
-        limits: Limits,
-    },
+    /// Restore one process tree (detached) and print its root pid. The options the
+    /// dump recorded in DIR (criu-swrk.json: --tcp-established, --shell-job, the
+    /// tree's root, the network lock, ...) are used unless a flag overrides them.
+    Restore(RestoreArgs),
     /// Checkpoint many process trees, a few at a time; the images of pid P go to
     /// DIR/P (absent or empty; it appears when P's dump commits). Ctrl-C rolls back
     /// every dump in flight.
     DumpMany(DumpManyArgs),
-    /// Restore many process trees (detached), a few at a time.
-    RestoreMany {
-        /// How many criu processes may run at once.
-        #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
-        jobs: u16,
-        #[command(flatten)]
-        limits: Limits,
-        /// Image directories, one per tree.
-        #[arg(required = true, value_name = "DIR")]
-        dirs: Vec<PathBuf>,
-    },
+    /// Restore many process trees (detached), a few at a time, each with the options
+    /// its dump recorded.
+    RestoreMany(RestoreManyArgs),
     /// Start a sample workload, checkpoint it, restore it, and show its memory intact
     /// and criu's stats.
     Demo,
@@ -94,19 +82,10 @@ pub struct DumpArgs {
     /// the dump has committed, so DIR never holds a half-written dump.
     #[arg(long, value_name = "DIR")]
     pub images_dir: PathBuf,
-    /// The tree is a shell job (its session leader is outside it, or it has a
-    /// controlling terminal).
-    #[arg(long)]
-    pub shell_job: bool,
-    /// Checkpoint established TCP connections.
-    #[arg(long)]
-    pub tcp_established: bool,
-    /// Allow unix sockets whose peer is outside the tree.
-    #[arg(long)]
-    pub ext_unix_sk: bool,
-    /// Checkpoint file locks.
-    #[arg(long)]
-    pub file_locks: bool,
+    /// Freeze the tree through this cgroup v1 freezer directory (the tree's own
+    /// cgroup) instead of freezing each task.
+    #[arg(long, value_name = "PATH")]
+    pub freeze_cgroup: Option<String>,
     #[command(flatten)]
     pub common: DumpCommon,
 }
@@ -134,7 +113,120 @@ pub struct DumpCommon {
     #[arg(long)]
     pub leave_running: bool,
     #[command(flatten)]
+    pub tree: TreeArgs,
+}
+
+/// `restore`'s arguments.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The directory holding the images.
+    #[arg(long, value_name = "DIR")]
+    pub images_dir: PathBuf,
+    #[command(flatten)]
+    pub restore: RestoreCommon,
+}
+
+/// `restore-many`'s arguments.
+#[derive(Debug, Args)]
+pub struct RestoreManyArgs {
+    /// How many criu processes may run at once.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+    #[command(flatten)]
+    pub restore: RestoreCommon,
+    /// Image directories, one per tree.
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Flags `restore` and `restore-many` share.
+#[derive(Debug, Args)]
+pub struct RestoreCommon {
+    /// Restore the tree's root under DIR (a tree that lived in its own mount
+    /// namespace, pivot_root'ed into a rootfs) [default: what the dump recorded].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Give the restored tree the file at PATH for the resource KEY in the images
+    /// (e.g. `pipe:[12345]:/tmp/out.log`; criu's --inherit-fd). Repeatable.
+    #[arg(long, value_name = "KEY:PATH", value_parser = parse_inherit)]
+    pub inherit_fd: Vec<(String, PathBuf)>,
+    #[command(flatten)]
+    pub tree: TreeArgs,
+}
+
+/// What criu needs on both sides of a checkpoint. On a restore, a flag adds to what
+/// the dump recorded.
+#[derive(Debug, Args)]
+pub struct TreeArgs {
+    /// The tree is a shell job (its session leader is outside it, or it has a
+    /// controlling terminal).
+    #[arg(long)]
+    pub shell_job: bool,
+    /// Checkpoint established TCP connections (with a network lock; this machine may
+    /// need --network-lock nftables).
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Allow unix sockets whose peer is outside the tree.
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// Checkpoint file locks.
+    #[arg(long)]
+    pub file_locks: bool,
+    /// How criu locks the tree's network during the checkpoint [default: criu's,
+    /// iptables, which needs the iptables binary].
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub network_lock: Option<LockArg>,
+    /// An external resource (criu's --external, e.g. `mnt[/data]:vol` on a dump,
+    /// `mnt[vol]:/srv/vol` on a restore). Repeatable.
+    #[arg(long = "external", value_name = "SPEC")]
+    pub external: Vec<String>,
+    /// How criu handles the tree's cgroups.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub manage_cgroups: Option<CgroupArg>,
+    /// Namespaces criu leaves empty: only `net` (its links, routes and rules are
+    /// neither dumped nor restored).
+    #[arg(long, value_enum, value_name = "NS")]
+    pub empty_ns: Option<EmptyNsArg>,
+    /// criu's log level, 0 (none) to 4 (debug) [default: 2, errors].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=4))]
+    pub log_level: Option<u8>,
+    #[command(flatten)]
     pub limits: Limits,
+}
+
+/// `--network-lock`'s values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LockArg {
+    /// iptables rules (needs the iptables binary).
+    Iptables,
+    /// nftables rules (criu links libnftables: no binary needed).
+    Nftables,
+    /// No lock: the caller locks the network.
+    Skip,
+}
+
+/// `--manage-cgroups`' values (criu's --manage-cgroups modes).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CgroupArg {
+    /// Leave cgroups alone.
+    Ignore,
+    /// No cgroup properties.
+    None,
+    /// Only properties.
+    Props,
+    /// Restore properties where the cgroup does not exist yet.
+    Soft,
+    /// Restore everything.
+    Full,
+    /// Like full, failing on mismatches.
+    Strict,
+}
+
+/// `--empty-ns`' values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EmptyNsArg {
+    /// The network namespace.
+    Net,
 }
 
 /// How long a target may take, for every command that runs criu on targets.
@@ -153,6 +245,23 @@ pub struct Limits {
     pub grace: Option<Duration>,
 }
 
+/// `KEY:PATH`; a key such as `pipe:[123]` holds a colon itself, so a key in brackets
+/// ends at its `]`.
+fn parse_inherit(s: &str) -> Result<(String, PathBuf), String> {
+    let split = match s.find("]:") {
+        Some(i) => Some((&s[..=i], &s[i + 2..])),
+        None => s.split_once(':'),
+    };
+    match split {
+        Some((key, path)) if !key.is_empty() && !path.is_empty() => {
+            Ok((key.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!(
+            "'{s}' is not KEY:PATH (e.g. pipe:[12345]:/tmp/out.log)"
+        )),
+    }
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -160,5 +269,25 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     match Duration::try_from_secs_f64(secs) {
         Ok(d) if !d.is_zero() => Ok(d),
         _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_inherit;
+    use std::path::PathBuf;
+
+    #[test]
+    fn inherit_specs_split_after_a_bracketed_key() {
+        assert_eq!(
+            parse_inherit("pipe:[123]:/tmp/out").unwrap(),
+            ("pipe:[123]".to_owned(), PathBuf::from("/tmp/out"))
+        );
+        assert_eq!(
+            parse_inherit("netns:/run/netns/a").unwrap(),
+            ("netns".to_owned(), PathBuf::from("/run/netns/a"))
+        );
+        assert!(parse_inherit("nocolon").is_err());
+        assert!(parse_inherit("pipe:[1]:").is_err());
     }
 }

@@ -15,12 +15,13 @@
 //! Built with the `cli` feature.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 use criu_swrk::fleet::Fleet;
-use criu_swrk::{Criu, DumpOptions, RestoreOptions};
+use criu_swrk::record::DumpRecord;
+use criu_swrk::{CgroupMode, Criu, DumpOptions, NetworkLock, RestoreOptions};
 use serde_json::{Value, json};
 
 mod args;
@@ -29,7 +30,7 @@ mod demo;
 mod progress;
 mod report;
 
-use args::{Cli, Command, DumpCommon, Limits};
+use args::{CgroupArg, Cli, Command, DumpCommon, Limits, LockArg, RestoreCommon, TreeArgs};
 use batch::Target;
 use report::Printer;
 
@@ -80,7 +81,7 @@ async fn run(cli: Cli) -> bool {
     let log_file = cli.log_file.clone();
     let printer = Printer {
         json: cli.json,
-        pid_only: matches!(cli.command, Command::Restore { .. }),
+        pid_only: matches!(cli.command, Command::Restore(_)),
         plain_progress: cli.verbose > 0,
     };
     match cli.command {
@@ -88,29 +89,26 @@ async fn run(cli: Cli) -> bool {
         Command::Features => about_criu(&criu, asked, printer, Query::Features).await,
         Command::Check => about_criu(&criu, asked, printer, Query::Check).await,
         Command::Dump(a) => {
-            let opts = DumpOptions::new(a.pid)
-                .images_dir(&a.images_dir)
-                .shell_job(a.shell_job)
-                .tcp_established(a.tcp_established)
-                .ext_unix_sk(a.ext_unix_sk)
-                .file_locks(a.file_locks);
+            let mut opts = DumpOptions::new(a.pid).images_dir(&a.images_dir);
+            if let Some(cg) = &a.freeze_cgroup {
+                opts = opts.freeze_cgroup(cg.clone());
+            }
             let target = Target {
                 name: a.pid.to_string(),
                 pid: Some(a.pid),
-                images_dir: std::fs::canonicalize(&a.images_dir).unwrap_or(a.images_dir),
+                images_dir: absolute(&a.images_dir),
             };
             dump(&criu, 1, &a.common, log_file, vec![(target, opts)], printer).await
         }
         Command::DumpMany(a) => {
+            // A staged dump creates DIR/P when it commits; a root that cannot be made
+            // is reported by each target's own request.
+            let _ = std::fs::create_dir_all(&a.images_root);
+            let root = absolute(&a.images_root);
             let targets = a
                 .pids
                 .iter()
                 .map(|&pid| {
-                    // A staged dump creates DIR/P when it commits; a root that cannot
-                    // be made is reported by each target's own request.
-                    let _ = std::fs::create_dir_all(&a.images_root);
-                    let root = std::fs::canonicalize(&a.images_root)
-                        .unwrap_or_else(|_| a.images_root.clone());
                     let dir = root.join(pid.to_string());
                     let opts = DumpOptions::new(pid).images_dir(&dir);
                     let target = Target {
@@ -123,11 +121,11 @@ async fn run(cli: Cli) -> bool {
                 .collect();
             dump(&criu, a.jobs.into(), &a.common, log_file, targets, printer).await
         }
-        Command::Restore { images_dir, limits } => {
-            restore(&criu, 1, &limits, log_file, vec![images_dir], printer).await
+        Command::Restore(a) => {
+            restore(&criu, 1, &a.restore, log_file, vec![a.images_dir], printer).await
         }
-        Command::RestoreMany { jobs, limits, dirs } => {
-            restore(&criu, jobs.into(), &limits, log_file, dirs, printer).await
+        Command::RestoreMany(a) => {
+            restore(&criu, a.jobs.into(), &a.restore, log_file, a.dirs, printer).await
         }
         Command::Demo => match demo::run(&criu).await {
             Ok(()) => true,
@@ -140,7 +138,8 @@ async fn run(cli: Cli) -> bool {
     }
 }
 
-/// Dumps `targets`, `jobs` at a time.
+/// Dumps `targets`, `jobs` at a time. Every dump is staged (its directory holds a
+/// complete dump or nothing) and records what its restore needs.
 async fn dump(
     criu: &Criu,
     jobs: usize,
@@ -149,18 +148,79 @@ async fn dump(
     targets: Vec<(Target, DumpOptions)>,
     printer: Printer,
 ) -> bool {
-    let fleet = limited(Fleet::new(criu.clone()).jobs(jobs), &common.limits);
+    let fleet = limited(Fleet::new(criu.clone()).jobs(jobs), &common.tree.limits);
     let (targets, opts): (Vec<_>, Vec<_>) = targets.into_iter().unzip();
     let batch = fleet.dump(opts.into_iter().map(|o| {
-        // Staged: an images directory holds a complete dump or nothing, even if this
-        // process is killed mid-way.
-        let o = o.leave_running(common.leave_running).staged(true);
-        match &log_file {
-            Some(name) => o.log_file(name.clone()),
-            None => o,
+        let mut o = dump_tree(o, &common.tree)
+            .leave_running(common.leave_running)
+            .staged(true)
+            .record(true);
+        if let Some(name) = &log_file {
+            o = o.log_file(name.clone());
         }
+        o
     }));
     batch::run(batch, &targets, printer, "dump").await
+}
+
+/// The dump side of the tree flags.
+fn dump_tree(mut o: DumpOptions, t: &TreeArgs) -> DumpOptions {
+    o = o
+        .shell_job(t.shell_job)
+        .tcp_established(t.tcp_established)
+        .ext_unix_sk(t.ext_unix_sk)
+        .file_locks(t.file_locks);
+    for spec in &t.external {
+        o = o.external(spec.clone());
+    }
+    if let Some(lock) = t.network_lock {
+        o = o.network_lock(lock.into());
+    }
+    if let Some(mode) = t.manage_cgroups {
+        o = o.manage_cgroups(mode.into());
+    }
+    if t.empty_ns.is_some() {
+        o = o.empty_ns(nix::libc::CLONE_NEWNET as u32);
+    }
+    if let Some(level) = t.log_level {
+        o = o.log_level(level);
+    }
+    o
+}
+
+/// The restore side of the tree flags, over what the dump recorded: a flag given
+/// adds to or replaces the record's.
+fn restore_tree(mut o: RestoreOptions, t: &TreeArgs) -> RestoreOptions {
+    let flags = [
+        (
+            t.shell_job,
+            RestoreOptions::shell_job as fn(RestoreOptions, bool) -> RestoreOptions,
+        ),
+        (t.tcp_established, RestoreOptions::tcp_established),
+        (t.ext_unix_sk, RestoreOptions::ext_unix_sk),
+        (t.file_locks, RestoreOptions::file_locks),
+    ];
+    for (on, set) in flags {
+        if on {
+            o = set(o, true);
+        }
+    }
+    for spec in &t.external {
+        o = o.external(spec.clone());
+    }
+    if let Some(lock) = t.network_lock {
+        o = o.network_lock(lock.into());
+    }
+    if let Some(mode) = t.manage_cgroups {
+        o = o.manage_cgroups(mode.into());
+    }
+    if t.empty_ns.is_some() {
+        o = o.empty_ns(nix::libc::CLONE_NEWNET as u32);
+    }
+    if let Some(level) = t.log_level {
+        o = o.log_level(level);
+    }
+    o
 }
 
 /// A fleet with the command line's timeout and grace.
@@ -174,32 +234,74 @@ fn limited(mut fleet: Fleet, limits: &Limits) -> Fleet {
     fleet
 }
 
+/// The restore options for the images in `dir`: what their dump recorded, then the
+/// command line's flags. An unreadable record is an error of that target.
+fn restore_options(
+    dir: &Path,
+    common: &RestoreCommon,
+    log_file: &Option<String>,
+) -> Result<RestoreOptions, String> {
+    let record = DumpRecord::read(dir).map_err(|e| e.to_string())?;
+    let mut o = match record {
+        Some(r) => r.restore_options(),
+        None => RestoreOptions::new(),
+    };
+    o = restore_tree(o.images_dir(dir), &common.tree);
+    if let Some(root) = &common.root {
+        o = o.root(root.display().to_string());
+    }
+    for (key, path) in &common.inherit_fd {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| format!("--inherit-fd {key}: {}: {e}", path.display()))?;
+        o = o.inherit_fd(key.clone(), file);
+    }
+    if let Some(name) = log_file {
+        o = o.log_file(name.clone());
+    }
+    Ok(o)
+}
+
 /// Restores the trees in `dirs`, `jobs` at a time.
 async fn restore(
     criu: &Criu,
     jobs: usize,
-    limits: &Limits,
+    common: &RestoreCommon,
     log_file: Option<String>,
     dirs: Vec<std::path::PathBuf>,
     printer: Printer,
 ) -> bool {
-    let batch =
-        limited(Fleet::new(criu.clone()).jobs(jobs), limits).restore(dirs.iter().map(|d| {
-            let o = RestoreOptions::new().images_dir(d);
-            match &log_file {
-                Some(name) => o.log_file(name.clone()),
-                None => o,
-            }
-        }));
-    let targets: Vec<Target> = dirs
-        .into_iter()
-        .map(|dir| Target {
+    let mut targets = Vec::new();
+    let mut opts = Vec::new();
+    let mut all_ok = true;
+    for dir in dirs {
+        let target = Target {
             name: dir.display().to_string(),
             pid: None,
-            images_dir: std::fs::canonicalize(&dir).unwrap_or(dir),
-        })
-        .collect();
-    batch::run(batch, &targets, printer, "restore").await
+            images_dir: absolute(&dir),
+        };
+        match restore_options(&dir, common, &log_file) {
+            Ok(o) => {
+                targets.push(target);
+                opts.push(o);
+            }
+            Err(e) => {
+                all_ok = false;
+                printer.print(&report::Report::failed(&target, e));
+            }
+        }
+    }
+    let batch = limited(Fleet::new(criu.clone()).jobs(jobs), &common.tree.limits).restore(opts);
+    batch::run(batch, &targets, printer, "restore").await && all_ok
+}
+
+/// `path` made absolute (resolved if it exists), for reports.
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| std::path::absolute(path).unwrap_or(path.into()))
 }
 
 /// A question about criu itself.
@@ -271,4 +373,27 @@ async fn ask(criu: &Criu, path: &Path, query: Query) -> criu_swrk::Result<(Value
             (json!({}), format!("criu check passed ({})", path.display()))
         }
     })
+}
+
+impl From<LockArg> for NetworkLock {
+    fn from(a: LockArg) -> Self {
+        match a {
+            LockArg::Iptables => NetworkLock::Iptables,
+            LockArg::Nftables => NetworkLock::Nftables,
+            LockArg::Skip => NetworkLock::Skip,
+        }
+    }
+}
+
+impl From<CgroupArg> for CgroupMode {
+    fn from(a: CgroupArg) -> Self {
+        match a {
+            CgroupArg::Ignore => CgroupMode::Ignore,
+            CgroupArg::None => CgroupMode::None,
+            CgroupArg::Props => CgroupMode::Props,
+            CgroupArg::Soft => CgroupMode::Soft,
+            CgroupArg::Full => CgroupMode::Full,
+            CgroupArg::Strict => CgroupMode::Strict,
+        }
+    }
 }

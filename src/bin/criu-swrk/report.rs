@@ -25,6 +25,18 @@ pub struct Report {
 }
 
 impl Report {
+    /// A target that failed before its request could start.
+    pub fn failed(target: &crate::batch::Target, error: String) -> Self {
+        Report {
+            target: target.name.clone(),
+            pid: target.pid,
+            images_dir: Some(target.images_dir.clone()),
+            summary: String::new(),
+            error: Some(error),
+            stats: None,
+        }
+    }
+
     /// Whether the target succeeded.
     pub fn ok(&self) -> bool {
         self.error.is_none()
