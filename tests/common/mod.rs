@@ -1,6 +1,8 @@
 //! Helpers for tests that run real criu against real processes.
 #![allow(dead_code)]
 
+pub mod fixtures;
+
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
