@@ -1,6 +1,7 @@
 //! Helpers for tests that run real criu against real processes.
 #![allow(dead_code)]
 
+pub mod fixtures;
 pub mod net;
 
 use std::io;
