@@ -23,7 +23,7 @@ use crate::spawn;
 /// from one process. Use [`session`](Self::session) to ask several questions of one
 /// criu process.
 ///
-/// All methods need a Tokio runtime (with the `process`, `net` and `time` drivers).
+/// All methods need a Tokio runtime with its `net` and `time` drivers enabled.
 ///
 /// # Example
 /// ```no_run

@@ -205,6 +205,9 @@ impl fmt::Display for Refusal {
                 write!(f, "\n    {line}")?;
             }
         }
+        if let Some(fix) = crate::log::hint(&self.log_errors) {
+            write!(f, "\n  hint: {fix}")?;
+        }
         if let Some(p) = &self.log_path {
             write!(f, "\n  log: {}", p.display())?;
         }
@@ -449,6 +452,10 @@ fn display_causes(log_errors: &[String], stderr: &str) -> String {
         for line in log_errors {
             out.push_str("\n    ");
             out.push_str(line);
+        }
+        if let Some(fix) = crate::log::hint(log_errors) {
+            out.push_str("\n  hint: ");
+            out.push_str(fix);
         }
         return out;
     }

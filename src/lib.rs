@@ -83,6 +83,7 @@
 
 mod codec;
 mod criu;
+pub mod doctor;
 mod error;
 mod exchange;
 pub mod external;

@@ -17,7 +17,72 @@ const HARMLESS: &[&str] = &[
     // iproute2, when a restore beside the original re-adds an address criu then
     // finds in place: the restore goes on.
     "ipv4: Address already assigned",
+    "ipv6: address already assigned",
+    // criu's kernel probe asking for iptables on a machine without it (8-12 lines
+    // per request on a tree with its own net namespace). A lock that really needs
+    // iptables fails with lines of its own ("Locking network failed", "Iptables
+    // configuration failed", sh's "iptables: not found"), which stay.
+    "execvp(\"iptables",
+    "execvp(\"ip6tables",
+    "iptables-restore -V failed",
+    "iptables-save -V failed",
+    "ip6tables-restore -V failed",
+    "ip6tables-save -V failed",
+    "tables-legacy-save -V failed",
+    "tables-legacy-restore -V failed",
 ];
+
+/// Known causes, recognised in criu's error lines, and what to do about them.
+const HINTS: &[(&str, &str)] = &[
+    (
+        "mnt: BUG at",
+        "a tree in its own mount namespace restores only with the directory holding its \
+         root: RestoreOptions::root (criu-swrk restore --root DIR)",
+    ),
+    (
+        "Connected TCP socket in image",
+        "the tree was dumped with established TCP connections: restore with \
+         tcp_established too (--tcp-established)",
+    ),
+    (
+        "iptables: not found",
+        "criu's default network lock runs iptables, which is not installed: use \
+         network_lock(NetworkLock::Nftables) (--network-lock nftables)",
+    ),
+    (
+        "iptables-restore returned",
+        "criu's default network lock runs iptables-restore, which failed or is not \
+         installed: use network_lock(NetworkLock::Nftables) (--network-lock nftables)",
+    ),
+    (
+        "Can't get 1:16 opt",
+        "this criu cannot dump inet sockets on Linux 6.16 and later: install criu 4.2 or \
+         later",
+    ),
+    (
+        "Address already in use",
+        "another process holds an address the tree listened on: free it (the images \
+         are unharmed) and restore again",
+    ),
+    (
+        "is not a session leader",
+        "the tree's session leader is outside it: dump (and restore) with shell_job \
+         (--shell-job), or start the tree with setsid",
+    ),
+    (
+        "doesn't have a proper root mount",
+        "a mount of the tree is not under its root: declare it external (External::mount, \
+         --external mnt[MOUNTPOINT]:NAME) and map it back at restore",
+    ),
+];
+
+/// What to do about the failure these lines describe, when it is a known one.
+pub(crate) fn hint(lines: &[String]) -> Option<&'static str> {
+    HINTS
+        .iter()
+        .find(|(cause, _)| lines.iter().any(|l| l.contains(cause)))
+        .map(|(_, fix)| *fix)
+}
 
 /// The error lines of the log at `path`: the last [`MAX_LINES`] of them, each cut to a
 /// readable length. An unreadable log gives no lines.
@@ -202,6 +267,19 @@ Error (criu/cr-service.c:52): Can't read request
         );
         assert!(!parse("sh: 1: iptables: not found").criu);
         assert!(!is_cause("Error: ipv4: Address already assigned."));
+    }
+
+    #[test]
+    fn known_causes_come_with_their_fix() {
+        let lines = vec![
+            "1: Error (criu/mount.c:48): mnt: BUG at criu/mount.c:48".to_owned(),
+            "Error (criu/cr-restore.c:2331): Restoring FAILED.".to_owned(),
+        ];
+        assert!(hint(&lines).unwrap().contains("RestoreOptions::root"));
+        assert_eq!(hint(&["Error (x.c:1): something else".to_owned()]), None);
+        assert!(!is_cause(
+            "Error (criu/util.c:640): execvp(\"iptables-restore\", ...) failed: No such file or directory"
+        ));
     }
 
     #[test]

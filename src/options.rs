@@ -1867,6 +1867,11 @@ mod tests {
         row!(dump_new(), dump; ext_unix_sk_inode(77).ext_unix_sk_inode(78) => |o, p| {
             assert_eq!(o.unix_sk_ino, [UnixSk { inode: 77 }, UnixSk { inode: 78 }]);
         });
+        for on in [true, false] {
+            row!(dump_new(), dump; record(on) => |o, p| {
+                assert_eq!(p.record, on, "the record is ours to write, not criu's");
+            });
+        }
         // Staged: criu writes into a staging sibling, the outcome names the target.
         let staged_target = d.join("staged");
         row!(dump_new(), dump; staged(true).images_dir(&staged_target) => |o, p| {

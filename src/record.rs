@@ -179,10 +179,86 @@ impl DumpRecord {
     }
 }
 
-/// The root of `pid`'s file system view as seen from here, when it is not ours.
+/// The directory that is `pid`'s root, as a path of ours, when it is not our root: a
+/// tree that pivot_root'ed into a rootfs. `/proc/PID/root` reads `/` then, so the path
+/// comes from mountinfo: the tree's root mount names its device and the path within
+/// that file system; a mount of the same device here turns that into one of our paths,
+/// which must then be the same directory (device and inode).
 fn tree_root(pid: i32) -> Option<PathBuf> {
-    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
-    (root != Path::new("/")).then_some(root)
+    use std::os::unix::fs::MetadataExt;
+    let theirs = std::fs::metadata(format!("/proc/{pid}/root/.")).ok()?;
+    let ours = std::fs::metadata("/").ok()?;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return None;
+    }
+    let same_dir = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (theirs.dev(), theirs.ino()))
+    };
+    let link = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
+    if link != Path::new("/") && same_dir(&link) {
+        return Some(link);
+    }
+    let their_mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    let (dev, fs_path) = their_mounts
+        .lines()
+        .filter_map(parse_mountinfo)
+        .find(|m| m.mount_point == "/")
+        .map(|m| (m.dev, m.root))?;
+    let our_mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    our_mounts
+        .lines()
+        .filter_map(parse_mountinfo)
+        .filter(|m| m.dev == dev)
+        .filter_map(|m| {
+            let rest = fs_path.strip_prefix(m.root.trim_end_matches('/'))?;
+            (rest.is_empty() || rest.starts_with('/'))
+                .then(|| PathBuf::from(format!("{}{rest}", m.mount_point.trim_end_matches('/'))))
+        })
+        .find(|p| same_dir(p))
+}
+
+/// The fields of a mountinfo line this module needs (proc(5)).
+struct Mount {
+    dev: String,
+    root: String,
+    mount_point: String,
+}
+
+fn parse_mountinfo(line: &str) -> Option<Mount> {
+    let mut f = line.split(' ');
+    let _id = f.next()?;
+    let _parent = f.next()?;
+    let dev = f.next()?.to_owned();
+    let root = unescape(f.next()?);
+    let mount_point = unescape(f.next()?);
+    Some(Mount {
+        dev,
+        root,
+        mount_point,
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal `\NNN`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = (b[i] == b'\\' && i + 3 < b.len())
+            .then(|| u8::from_str_radix(&s[i + 1..i + 4], 8).ok())
+            .flatten();
+        match code {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -217,5 +293,16 @@ mod tests {
         assert!(err.to_string().contains("record format 99"), "{err}");
         std::fs::write(dir.path().join(FILE_NAME), "not json").unwrap();
         assert!(DumpRecord::read(dir.path()).is_err());
+    }
+
+    #[test]
+    fn mountinfo_lines_parse_with_their_escapes() {
+        let m = parse_mountinfo(
+            "36 35 98:0 /srv/my\\040root /mnt/r\\303\\251 rw,noatime master:1 - ext3 /dev/root rw",
+        )
+        .unwrap();
+        assert_eq!(m.dev, "98:0");
+        assert_eq!(m.root, "/srv/my root");
+        assert_eq!(m.mount_point, "/mnt/r\u{e9}");
     }
 }

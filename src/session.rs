@@ -1525,7 +1525,7 @@ impl Drop for Detached {
 /// A lazy dump serves pages through a pipe criu grows to 4 MiB; without
 /// CAP_SYS_RESOURCE that needs `fs.pipe-max-size` of at least 4 MiB, and criu's own
 /// failure ("tee: ... Operation not permitted", with a stale errno) misleads.
-fn lazy_dump_preflight() -> Result<()> {
+pub(crate) fn lazy_dump_preflight() -> Result<()> {
     const NEEDED: u64 = 4 * 1024 * 1024;
     const CAP_SYS_RESOURCE: u32 = 24;
     let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")

@@ -208,6 +208,10 @@ async fn pivot_rooted_tree_restored_without_root_fails_naming_the_bug_then_with_
     // SIGSEGV; criu itself survives and refuses the request (no cr_errmsg).
     assert!(err.is_refused(), "criu answers the failure itself: {text}");
     assert!(text.contains("mnt: BUG at"), "{text}");
+    assert!(
+        text.contains("hint: a tree in its own mount namespace"),
+        "{text}"
+    );
     assert!(text.contains("Segmentation fault"), "{text}");
     assert!(
         err.request_state().unwrap().target_unchanged(),

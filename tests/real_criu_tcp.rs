@@ -271,6 +271,11 @@ async fn restore_of_an_established_connection_without_tcp_established_names_the_
         .unwrap_err();
     assert_refused_with(&err, &["inet: Connected TCP socket in image"]);
     assert!(
+        err.to_string()
+            .contains("hint: the tree was dumped with established TCP"),
+        "{err}"
+    );
+    assert!(
         lock.exists(),
         "a failed restore leaves the lock: {}",
         lock.table
@@ -319,6 +324,7 @@ async fn dump_with_the_default_iptables_lock_names_the_missing_binary_and_keeps_
     // The decisive line is the shell's, which criu runs iptables through; criu's
     // own lines follow it.
     assert_refused_with(&err, &["iptables: not found"]);
+    assert!(err.to_string().contains("--network-lock nftables"), "{err}");
     assert!(
         err.to_string().contains("Iptables configuration failed"),
         "{err}"

@@ -45,6 +45,11 @@ pub enum Command {
     Features,
     /// Run criu's own check: can it checkpoint and restore on this machine?
     Check,
+    /// Test this criu for real: its version and check, the machine's limits (network
+    /// lock, pipe sizes, memory tracking, criu's probe cache), and a dump and restore
+    /// of canaries holding pipes, a deleted file, a unix socket pair, TCP connections
+    /// and namespaces. Exit status 0 when criu can checkpoint and restore here.
+    Doctor,
     /// Checkpoint one process tree.
     Dump(DumpArgs),
     /// Restore one process tree (detached) and print its root pid. The options the

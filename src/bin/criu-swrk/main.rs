@@ -88,6 +88,7 @@ async fn run(cli: Cli) -> bool {
         Command::Version => about_criu(&criu, asked, printer, Query::Version).await,
         Command::Features => about_criu(&criu, asked, printer, Query::Features).await,
         Command::Check => about_criu(&criu, asked, printer, Query::Check).await,
+        Command::Doctor => doctor(&criu, printer).await,
         Command::Dump(a) => {
             let mut opts = DumpOptions::new(a.pid).images_dir(&a.images_dir);
             if let Some(cg) = &a.freeze_cgroup {
@@ -302,6 +303,58 @@ async fn restore(
 /// `path` made absolute (resolved if it exists), for reports.
 fn absolute(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| std::path::absolute(path).unwrap_or(path.into()))
+}
+
+/// `doctor`: criu's self-test, a line per check (or one JSON object).
+async fn doctor(criu: &Criu, printer: Printer) -> bool {
+    let report = criu.self_test().await;
+    let ok = report.can_checkpoint();
+    let target = report
+        .criu
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "criu".into());
+    if printer.json {
+        let checks: Vec<Value> = report
+            .checks
+            .iter()
+            .map(|c| {
+                json!({"name": c.name, "status": c.status.as_str(), "detail": c.detail, "fix": c.fix})
+            })
+            .collect();
+        let value = json!({
+            "target": target,
+            "ok": ok,
+            "criu_version": report.version.as_ref().map(ToString::to_string),
+            "kernel": report.kernel,
+            "checks": checks,
+        });
+        println!("{value}");
+        return ok;
+    }
+    println!("criu-swrk doctor: {target}, Linux {}", report.kernel);
+    for c in &report.checks {
+        let word = match c.status {
+            criu_swrk::doctor::Status::Ok => "ok",
+            criu_swrk::doctor::Status::Warning => "warn",
+            criu_swrk::doctor::Status::Failed => "FAIL",
+            _ => "skip",
+        };
+        println!(
+            "  {word:<5} {}: {}",
+            c.name,
+            c.detail.replace('\n', "\n        ")
+        );
+        if let Some(fix) = &c.fix {
+            println!("        fix: {fix}");
+        }
+    }
+    if ok {
+        println!("criu can checkpoint and restore here");
+    } else {
+        println!("criu cannot checkpoint and restore here: see FAIL above");
+    }
+    ok
 }
 
 /// A question about criu itself.
