@@ -92,6 +92,7 @@ mod info;
 pub mod lazy;
 mod log;
 pub mod notify;
+pub mod oci;
 pub mod options;
 mod outcome;
 mod process;

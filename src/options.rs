@@ -173,6 +173,8 @@ struct Common {
     staged: bool,
     /// Write a restore record with the dump.
     record: bool,
+    /// For a container's dump: its part of the record.
+    container: Option<crate::record::ContainerRecord>,
 }
 
 impl std::fmt::Debug for Common {
@@ -229,6 +231,8 @@ pub(crate) struct Prepared {
     pub(crate) staging: Option<Staging>,
     /// Write a restore record ([`crate::record`]) into the images directory.
     pub(crate) record: bool,
+    /// For a container's dump: its part of the record.
+    pub(crate) container: Option<crate::record::ContainerRecord>,
 }
 
 impl Prepared {
@@ -510,6 +514,7 @@ impl Common {
             scrub,
             staging,
             record: self.record,
+            container: self.container,
         })
     }
 }
@@ -1000,6 +1005,13 @@ impl DumpOptions {
     /// commit, published with them if the dump is staged. Default: off.
     pub fn record(mut self, on: bool) -> Self {
         self.c.record = on;
+        self
+    }
+
+    /// The container's part of the restore record (see [`crate::oci`]); records.
+    pub(crate) fn container_record(mut self, record: crate::record::ContainerRecord) -> Self {
+        self.c.container = Some(record);
+        self.c.record = true;
         self
     }
 

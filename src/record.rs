@@ -83,11 +83,42 @@ pub struct DumpRecord {
     /// The dump's `empty_ns` flags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_ns: Option<u32>,
+    /// For a container dumped from its OCI bundle ([`crate::oci`]): what its restore
+    /// needs beyond the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRecord>,
+}
+
+/// What the restore of an OCI container needs that its bundle does not say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ContainerRecord {
+    /// The container's id, when known (`runc state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// Each cgroup v1 hierarchy bind-mounted into the container: its mount point
+    /// inside and the container's cgroup directory on the host it came from.
+    #[serde(default)]
+    pub cgroup_mounts: Vec<(String, PathBuf)>,
+    /// What the init's stdin, stdout and stderr were (`pipe:[INODE]`, a path): the
+    /// keys a restore hands new fds for.
+    #[serde(default)]
+    pub stdio: Vec<String>,
+    /// The container has a terminal (its console master is outside the tree).
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 impl DumpRecord {
     /// The record of a dump of `pid` with `opts` by criu `criu_version`.
-    pub(crate) fn of(pid: i32, opts: &CriuOpts, criu_version: String) -> Self {
+    pub(crate) fn of(
+        pid: i32,
+        opts: &CriuOpts,
+        criu_version: String,
+        container: Option<ContainerRecord>,
+    ) -> Self {
         DumpRecord {
             format: FORMAT,
             criu_version,
@@ -101,6 +132,7 @@ impl DumpRecord {
             network_lock: opts.network_lock.and_then(NetworkLock::from_wire),
             manage_cgroups: opts.manage_cgroups_mode.and_then(CgroupMode::from_wire),
             empty_ns: opts.empty_ns,
+            container,
         }
     }
 
@@ -275,7 +307,7 @@ mod tests {
             manage_cgroups_mode: Some(crate::proto::CriuCgMode::Full as i32),
             ..Default::default()
         };
-        let record = DumpRecord::of(std::process::id() as i32, &opts, "4.2.1".into());
+        let record = DumpRecord::of(std::process::id() as i32, &opts, "4.2.1".into(), None);
         assert_eq!(record.root, None, "our own root is /");
         record.write(dir.path()).unwrap();
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();

@@ -735,6 +735,7 @@ impl Session {
                 p.pid.unwrap_or_default(),
                 &p.opts,
                 version.to_string(),
+                p.container.clone(),
             );
             // Through the directory fd criu gets: the staging directory of a staged dump.
             let dir = std::path::PathBuf::from(format!("/proc/self/fd/{}", p.opts.images_dir_fd));

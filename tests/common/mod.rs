@@ -472,6 +472,16 @@ pub fn exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// [`reap_orphaned_criu`] for tests without a runtime (the CLI's tests): criu's helpers
+/// that outlived a criu the tool killed come to us, the subreaper, to be reaped.
+pub fn reap_orphaned_criu_blocking() {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(reap_orphaned_criu());
+}
+
 /// Reaps criu processes re-parented to us (daemons criu started and lost track of,
 /// like a daemon page server), waiting up to 30 s for each to exit.
 pub async fn reap_orphaned_criu() {

@@ -79,9 +79,16 @@ pub enum Command {
 /// `dump`'s arguments.
 #[derive(Debug, Args)]
 pub struct DumpArgs {
-    /// The root of the tree to checkpoint.
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
-    pub pid: i32,
+    /// The root of the tree to checkpoint (a container's init, with --bundle).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..), required_unless_present = "runc")]
+    pub pid: Option<i32>,
+    /// The tree is the OCI container made from the bundle in DIR: its mounts,
+    /// namespaces, cgroups and console are derived from DIR/config.json.
+    #[arg(long, value_name = "DIR", conflicts_with = "runc")]
+    pub bundle: Option<PathBuf>,
+    /// The tree is runc's container ID: its pid and bundle come from `runc state ID`.
+    #[arg(long, value_name = "ID", conflicts_with = "pid")]
+    pub runc: Option<String>,
     /// Where the images go: absent or an empty directory. The images are written
     /// into a hidden sibling (`.DIR.partial-XXXXXX`) and appear under DIR only once
     /// the dump has committed, so DIR never holds a half-written dump.
@@ -106,8 +113,12 @@ pub struct DumpManyArgs {
     pub jobs: u16,
     #[command(flatten)]
     pub common: DumpCommon,
+    /// runc containers to checkpoint as well: the images of container ID go to
+    /// DIR/ID. Repeatable.
+    #[arg(long = "runc", value_name = "ID")]
+    pub containers: Vec<String>,
     /// The roots of the trees to checkpoint.
-    #[arg(required = true, value_name = "PID", value_parser = clap::value_parser!(i32).range(1..))]
+    #[arg(value_name = "PID", value_parser = clap::value_parser!(i32).range(1..), required_unless_present = "containers")]
     pub pids: Vec<i32>,
 }
 
@@ -147,6 +158,15 @@ pub struct RestoreManyArgs {
 /// Flags `restore` and `restore-many` share.
 #[derive(Debug, Args)]
 pub struct RestoreCommon {
+    /// Restore the OCI container of the bundle in DIR: its init back in the bundle's
+    /// rootfs, with its mounts [default: the bundle the dump recorded, for a container
+    /// dumped with --bundle or --runc].
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    /// For a container with a terminal: send the new console's master to the unix
+    /// socket at PATH (SCM_RIGHTS), as runc's --console-socket does.
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
     /// Restore the tree's root under DIR (a tree that lived in its own mount
     /// namespace, pivot_root'ed into a rootfs) [default: what the dump recorded].
     #[arg(long, value_name = "DIR")]

@@ -20,12 +20,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use criu_swrk::fleet::Fleet;
+use criu_swrk::oci::{Container, ContainerRestore};
 use criu_swrk::record::DumpRecord;
 use criu_swrk::{CgroupMode, Criu, DumpOptions, NetworkLock, RestoreOptions};
 use serde_json::{Value, json};
 
 mod args;
 mod batch;
+mod console;
 mod demo;
 mod progress;
 mod report;
@@ -90,14 +92,28 @@ async fn run(cli: Cli) -> bool {
         Command::Check => about_criu(&criu, asked, printer, Query::Check).await,
         Command::Doctor => doctor(&criu, printer).await,
         Command::Dump(a) => {
-            let mut opts = DumpOptions::new(a.pid).images_dir(&a.images_dir);
+            let images_dir = absolute(&a.images_dir);
+            let (name, pid, opts) = match dump_source(a.pid, a.bundle.as_deref(), a.runc.as_deref())
+            {
+                Ok(found) => found,
+                Err((name, e)) => {
+                    let target = Target {
+                        name,
+                        pid: a.pid,
+                        images_dir,
+                    };
+                    printer.print(&report::Report::failed(&target, e.to_string()));
+                    return false;
+                }
+            };
+            let mut opts = opts.images_dir(&a.images_dir);
             if let Some(cg) = &a.freeze_cgroup {
                 opts = opts.freeze_cgroup(cg.clone());
             }
             let target = Target {
-                name: a.pid.to_string(),
-                pid: Some(a.pid),
-                images_dir: absolute(&a.images_dir),
+                name,
+                pid: Some(pid),
+                images_dir,
             };
             dump(&criu, 1, &a.common, log_file, vec![(target, opts)], printer).await
         }
@@ -106,21 +122,40 @@ async fn run(cli: Cli) -> bool {
             // is reported by each target's own request.
             let _ = std::fs::create_dir_all(&a.images_root);
             let root = absolute(&a.images_root);
-            let targets = a
+            let mut targets = Vec::new();
+            let mut all_ok = true;
+            let sources = a
                 .pids
                 .iter()
-                .map(|&pid| {
-                    let dir = root.join(pid.to_string());
-                    let opts = DumpOptions::new(pid).images_dir(&dir);
-                    let target = Target {
-                        name: pid.to_string(),
-                        pid: Some(pid),
-                        images_dir: dir,
-                    };
-                    (target, opts)
-                })
-                .collect();
-            dump(&criu, a.jobs.into(), &a.common, log_file, targets, printer).await
+                .map(|&pid| dump_source(Some(pid), None, None))
+                .chain(
+                    a.containers
+                        .iter()
+                        .map(|id| dump_source(None, None, Some(id))),
+                );
+            for source in sources {
+                match source {
+                    Ok((name, pid, opts)) => {
+                        let dir = root.join(&name);
+                        let target = Target {
+                            name,
+                            pid: Some(pid),
+                            images_dir: dir.clone(),
+                        };
+                        targets.push((target, opts.images_dir(&dir)));
+                    }
+                    Err((name, e)) => {
+                        all_ok = false;
+                        let target = Target {
+                            images_dir: root.join(&name),
+                            name,
+                            pid: None,
+                        };
+                        printer.print(&report::Report::failed(&target, e.to_string()));
+                    }
+                }
+            }
+            dump(&criu, a.jobs.into(), &a.common, log_file, targets, printer).await && all_ok
         }
         Command::Restore(a) => {
             restore(&criu, 1, &a.restore, log_file, vec![a.images_dir], printer).await
@@ -162,6 +197,31 @@ async fn dump(
         o
     }));
     batch::run(batch, &targets, printer, "dump").await
+}
+
+/// What to dump: a plain tree (`pid`), the container of a bundle (`bundle` and
+/// `pid`), or runc's container `runc`. Returns the target's name, its pid and the
+/// options derived for it, or its name and why it cannot be dumped.
+#[allow(clippy::result_large_err)]
+fn dump_source(
+    pid: Option<i32>,
+    bundle: Option<&Path>,
+    runc: Option<&str>,
+) -> Result<(String, i32, DumpOptions), (String, criu_swrk::Error)> {
+    let container = match (runc, bundle, pid) {
+        (Some(id), _, _) => Container::from_runc(id).map_err(|e| (id.to_owned(), e))?,
+        (None, Some(b), Some(pid)) => {
+            Container::from_bundle(b, pid).map_err(|e| (pid.to_string(), e))?
+        }
+        (None, _, Some(pid)) => return Ok((pid.to_string(), pid, DumpOptions::new(pid))),
+        (None, _, None) => unreachable!("clap requires --pid or --runc"),
+    };
+    let name = container
+        .id()
+        .map(str::to_owned)
+        .unwrap_or_else(|| container.pid().to_string());
+    let opts = container.dump_options().map_err(|e| (name.clone(), e))?;
+    Ok((name, container.pid(), opts))
 }
 
 /// The dump side of the tree flags.
@@ -243,14 +303,13 @@ fn restore_options(
     log_file: &Option<String>,
 ) -> Result<RestoreOptions, String> {
     let record = DumpRecord::read(dir).map_err(|e| e.to_string())?;
-    let mut o = match record {
-        Some(r) => r.restore_options(),
-        None => RestoreOptions::new(),
-    };
-    o = restore_tree(o.images_dir(dir), &common.tree);
-    if let Some(root) = &common.root {
-        o = o.root(root.display().to_string());
-    }
+    let bundle = common.bundle.clone().or_else(|| {
+        record
+            .as_ref()
+            .and_then(|r| r.container.as_ref())
+            .map(|c| c.bundle.clone())
+    });
+    let mut inherit = Vec::new();
     for (key, path) in &common.inherit_fd {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -259,7 +318,31 @@ fn restore_options(
             .truncate(false)
             .open(path)
             .map_err(|e| format!("--inherit-fd {key}: {}: {e}", path.display()))?;
-        o = o.inherit_fd(key.clone(), file);
+        inherit.push((key.clone(), file));
+    }
+    let mut o = match (bundle, record) {
+        (Some(bundle), _) => {
+            let mut restore = ContainerRestore::new(bundle, dir);
+            for (key, file) in inherit {
+                restore = restore.inherit_fd(key, file);
+            }
+            restore.options().map_err(|e| e.to_string())?
+        }
+        (None, record) => {
+            let mut o = match record {
+                Some(r) => r.restore_options(),
+                None => RestoreOptions::new(),
+            }
+            .images_dir(dir);
+            for (key, file) in inherit {
+                o = o.inherit_fd(key, file);
+            }
+            o
+        }
+    };
+    o = restore_tree(o, &common.tree);
+    if let Some(root) = &common.root {
+        o = o.root(root.display().to_string());
     }
     if let Some(name) = log_file {
         o = o.log_file(name.clone());
@@ -296,7 +379,11 @@ async fn restore(
             }
         }
     }
-    let batch = limited(Fleet::new(criu.clone()).jobs(jobs), &common.tree.limits).restore(opts);
+    let socket = common.console_socket.clone();
+    let batch = limited(Fleet::new(criu.clone()).jobs(jobs), &common.tree.limits).restore_with(
+        opts.into_iter()
+            .map(|o| (o, console::Forward::to(socket.clone()))),
+    );
     batch::run(batch, &targets, printer, "restore").await && all_ok
 }
 

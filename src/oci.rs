@@ -1,0 +1,728 @@
+//! OCI containers: checkpoint and restore containers made by runc (or any OCI
+//! runtime) from their bundle.
+//!
+//! A container is a process tree in its own namespaces, pivot_root'ed into the
+//! bundle's rootfs, with mounts from the host that criu must be told about. runc
+//! derives those from the bundle's `config.json` (libcontainer/criu_linux.go); so does
+//! this module, so that a runtime does not have to rediscover the list:
+//!
+//! * every bind mount is external (`mnt[DEST]:DEST` at dump, `mnt[DEST]:SOURCE` at
+//!   restore); so are the cgroup v1 hierarchies runc binds into `/sys/fs/cgroup`
+//!   (restored onto the container's own cgroup directories), the devices, and the
+//!   masked files (bound to `/dev/null`);
+//! * namespaces joined by path: net and pid become external (`net[INODE]:extRootNetNS`,
+//!   the namespace handed back at restore through `inherit_fd`), the others are joined
+//!   at restore (`join_ns`); a cgroup namespace joined by path cannot be handled;
+//! * the container's freezer cgroup freezes it; cgroups are managed (`soft`: removed
+//!   ones are re-created, with their limits);
+//! * the console: `orphan_pts_master`, so that a terminal container's restore hands
+//!   the new console master back;
+//! * the init's stdio: recorded at dump, so that a restore can give it new pipes.
+//!
+//! What cannot be derived, or what criu cannot do (a mount of a file system criu does
+//! not know, a cgroup namespace joined by path), is an error naming the mount or the
+//! namespace, before the container is touched.
+//!
+//! The restore brings the container's init back in the bundle's rootfs with its mounts;
+//! runc does not know the restored container (it is criu-swrk's to watch).
+//!
+//! # Example
+//! ```no_run
+//! use criu_swrk::Criu;
+//! use criu_swrk::oci::{Container, ContainerRestore};
+//!
+//! # async fn run() -> criu_swrk::Result<()> {
+//! let criu = Criu::new();
+//! let container = Container::from_runc("web")?; // `runc state web`
+//! let dump = container.dump_options()?.images_dir("/var/lib/ckpt/web");
+//! criu.dump(dump).await?;
+//!
+//! // Later: the bundle and the images are all it takes.
+//! let restored = ContainerRestore::new(container.bundle(), "/var/lib/ckpt/web")
+//!     .run(&criu)
+//!     .await?;
+//! println!("restored as pid {}", restored.pid);
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+
+use crate::criu::Criu;
+use crate::error::{Error, Result};
+use crate::external::{External, ns_inode};
+use crate::notify::{Hooks, Notification, Reply};
+use crate::options::{CgroupMode, DumpOptions, NetworkLock, PassFd, RestoreOptions};
+use crate::outcome::RestoreOutcome;
+use crate::record::{ContainerRecord, DumpRecord};
+
+/// criu's keys for namespaces joined by path, as runc names them.
+const NET_KEY: &str = "extRootNetNS";
+const PID_KEY: &str = "extRootPidNS";
+
+/// File systems criu 4.2 can dump and restore (its criu/filesystems.c, less `fuse`,
+/// which it always refuses); `bind` mounts are made external instead.
+const CRIU_FILESYSTEMS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "binfmt_misc",
+    "tmpfs",
+    "devpts",
+    "simfs",
+    "btrfs",
+    "pstore",
+    "mqueue",
+    "securityfs",
+    "fusectl",
+    "debugfs",
+    "tracefs",
+    "cgroup",
+    "cgroup2",
+    "aufs",
+    "overlay",
+    "autofs",
+];
+
+/// A running container to checkpoint: its bundle, its `config.json`, its init's pid.
+#[derive(Debug, Clone)]
+pub struct Container {
+    id: Option<String>,
+    pid: i32,
+    bundle: PathBuf,
+    rootfs: PathBuf,
+    spec: Spec,
+}
+
+impl Container {
+    /// The container whose init is `pid`, made from the bundle in `bundle` (the
+    /// directory holding `config.json`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] (`bundle`) when `config.json` cannot be read or is not
+    /// an OCI runtime spec; (`pid`) when `pid` is not a live process.
+    pub fn from_bundle(bundle: impl AsRef<Path>, pid: i32) -> Result<Self> {
+        let (bundle, spec, rootfs) = read_bundle(bundle.as_ref())?;
+        if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(Error::invalid(
+                "pid",
+                format!("{pid} is not a running process"),
+            ));
+        }
+        Ok(Container {
+            id: None,
+            pid,
+            bundle,
+            rootfs,
+            spec,
+        })
+    }
+
+    /// The container `id` as runc knows it: its pid and bundle from `runc state ID`
+    /// (`$RUNC`, or `runc` on `$PATH`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] (`runc`) when runc does not know the container or it
+    /// is not running; as [`from_bundle`](Self::from_bundle).
+    pub fn from_runc(id: &str) -> Result<Self> {
+        let runc = std::env::var_os("RUNC").unwrap_or_else(|| "runc".into());
+        let out = std::process::Command::new(&runc)
+            .args(["state", id])
+            .output()
+            .map_err(|e| Error::invalid("runc", format!("{}: {e}", runc.to_string_lossy())))?;
+        if !out.status.success() {
+            return Err(Error::invalid(
+                "runc",
+                format!(
+                    "runc state {id}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        Self::from_state(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// The container an OCI runtime state describes (what `runc state ID` prints:
+    /// `id`, `pid`, `bundle`, `status`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] (`runc`) when the state is not JSON of that shape or
+    /// the container is not running; as [`from_bundle`](Self::from_bundle).
+    pub fn from_state(json: &str) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct State {
+            id: String,
+            pid: i32,
+            bundle: PathBuf,
+            status: String,
+        }
+        let state: State = serde_json::from_str(json)
+            .map_err(|e| Error::invalid("runc", format!("not a container state: {e}")))?;
+        if state.status != "running" && state.status != "paused" {
+            return Err(Error::invalid(
+                "runc",
+                format!("container {} is {}, not running", state.id, state.status),
+            ));
+        }
+        let mut c = Self::from_bundle(&state.bundle, state.pid)?;
+        c.id = Some(state.id);
+        Ok(c)
+    }
+
+    /// The init's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The container's id, when it came from a runtime state.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The bundle directory.
+    pub fn bundle(&self) -> &Path {
+        &self.bundle
+    }
+
+    /// The rootfs, resolved against the bundle.
+    pub fn rootfs(&self) -> &Path {
+        &self.rootfs
+    }
+
+    /// Whether the container has a terminal (`process.terminal`).
+    pub fn terminal(&self) -> bool {
+        self.spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false)
+    }
+
+    /// The options to dump this container, derived from its bundle and its running
+    /// init (see the [module docs](self)); add the images directory and, say,
+    /// `leave_running`. They record what the restore needs (see
+    /// [`ContainerRestore`]).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] naming the mount or namespace criu cannot handle;
+    /// [`Error::Io`] when the container's `/proc` entries cannot be read.
+    pub fn dump_options(&self) -> Result<DumpOptions> {
+        check_spec(&self.spec)?;
+        let mut opts = DumpOptions::new(self.pid)
+            .manage_cgroups(CgroupMode::Soft)
+            .orphan_pts_master(true);
+        if !on_path("iptables-restore") {
+            // criu's default lock runs iptables-restore for the container's own net
+            // namespace; libnftables needs no binary.
+            opts = opts.network_lock(NetworkLock::Nftables);
+        }
+        for (dest, _) in bind_mounts(&self.spec) {
+            opts = opts.ext_mount(dest.clone(), dest);
+        }
+        for path in masked_files(&self.spec, self.pid) {
+            opts = opts.ext_mount(path, "/dev/null");
+        }
+        for dev in devices(&self.spec) {
+            opts = opts.ext_mount(dev.clone(), dev);
+        }
+        let cgroups = cgroup_mounts(self.pid)?;
+        for (mountpoint, _) in &cgroups {
+            opts = opts.ext_mount(mountpoint.clone(), mountpoint.clone());
+        }
+        for (kind, path) in joined_namespaces(&self.spec) {
+            let key = match kind {
+                LinuxNamespaceType::Network => NET_KEY,
+                LinuxNamespaceType::Pid => PID_KEY,
+                _ => continue,
+            };
+            let inode = ns_inode(&path)
+                .map_err(|e| Error::io(format!("reading namespace {}", path.display()), e))?;
+            opts = opts.external(match kind {
+                LinuxNamespaceType::Network => External::net_ns(inode, key),
+                _ => External::pid_ns(inode, key),
+            });
+        }
+        if let Some(freezer) = freezer_cgroup(self.pid) {
+            opts = opts.freeze_cgroup(freezer.display().to_string());
+        }
+        let record = ContainerRecord {
+            id: self.id.clone(),
+            bundle: self.bundle.clone(),
+            cgroup_mounts: cgroups,
+            stdio: (0..3)
+                .map(|fd| {
+                    std::fs::read_link(format!("/proc/{}/fd/{fd}", self.pid))
+                        .map(|l| l.display().to_string())
+                        .unwrap_or_default()
+                })
+                .collect(),
+            terminal: self.terminal(),
+        };
+        Ok(opts.container_record(record))
+    }
+}
+
+/// The restore of a container from its bundle and its images (dumped with
+/// [`Container::dump_options`], which recorded what the bundle does not say).
+///
+/// The init's stdin, stdout and stderr, when they were pipes, are given new fds: the
+/// ones set here, else `/dev/null` (a pipe with no other end would kill a writer with
+/// SIGPIPE).
+#[derive(Debug)]
+#[must_use = "a ContainerRestore does nothing until `run` or `options`"]
+pub struct ContainerRestore {
+    bundle: PathBuf,
+    images: PathBuf,
+    stdio: [Option<PassFd>; 3],
+    inherit: Vec<(String, PassFd)>,
+}
+
+/// A restored container.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RestoredContainer {
+    /// The restored init's pid (in our pid namespace).
+    pub pid: i32,
+    /// The new console's master, for a container with a terminal.
+    pub console: Option<OwnedFd>,
+    /// criu's outcome (stats, log).
+    pub outcome: RestoreOutcome,
+}
+
+impl ContainerRestore {
+    /// A restore of the container in `bundle` from `images_dir`.
+    pub fn new(bundle: impl Into<PathBuf>, images_dir: impl Into<PathBuf>) -> Self {
+        ContainerRestore {
+            bundle: bundle.into(),
+            images: images_dir.into(),
+            stdio: [None, None, None],
+            inherit: Vec::new(),
+        }
+    }
+
+    /// Give the restored container this fd for the resource `key` in the images
+    /// (criu's `inherit_fd`; a recorded stdio pipe's key included, which then gets no
+    /// `/dev/null`).
+    pub fn inherit_fd(mut self, key: impl Into<String>, fd: impl Into<PassFd>) -> Self {
+        self.inherit.push((key.into(), fd.into()));
+        self
+    }
+
+    /// The restored init's stdin (when it was a pipe).
+    pub fn stdin(mut self, fd: impl Into<PassFd>) -> Self {
+        self.stdio[0] = Some(fd.into());
+        self
+    }
+
+    /// The restored init's stdout (when it was a pipe).
+    pub fn stdout(mut self, fd: impl Into<PassFd>) -> Self {
+        self.stdio[1] = Some(fd.into());
+        self
+    }
+
+    /// The restored init's stderr (when it was a pipe).
+    pub fn stderr(mut self, fd: impl Into<PassFd>) -> Self {
+        self.stdio[2] = Some(fd.into());
+        self
+    }
+
+    /// The restore options: the record's, the bundle's mounts mapped back to their
+    /// sources, the rootfs as `root`, namespaces joined by path, stdio. Set more (a
+    /// timeout, ...) before sending them with [`Criu::restore_with`]; a terminal
+    /// container's console master then arrives in the `orphan-pts-master` hook.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] when the images hold no container record (dumped
+    /// otherwise) or the bundle cannot be read; [`Error::Unsupported`] as for the dump;
+    /// [`Error::Io`] when a namespace or `/dev/null` cannot be opened.
+    pub fn options(self) -> Result<RestoreOptions> {
+        let record = DumpRecord::read(&self.images)?.ok_or_else(|| {
+            Error::invalid(
+                "images_dir",
+                format!(
+                    "{} holds no dump record: dump the container with \
+                     oci::Container::dump_options (criu-swrk dump --bundle)",
+                    self.images.display()
+                ),
+            )
+        })?;
+        let container = record.container.clone().ok_or_else(|| {
+            Error::invalid(
+                "images_dir",
+                format!(
+                    "{} holds the dump of a process tree, not of a container",
+                    self.images.display()
+                ),
+            )
+        })?;
+        let (_, spec, rootfs) = read_bundle(&self.bundle)?;
+        check_spec(&spec)?;
+        let mut opts = record
+            .apply(RestoreOptions::new())
+            .images_dir(&self.images)
+            .root(rootfs.display().to_string())
+            .manage_cgroups(CgroupMode::Soft)
+            .orphan_pts_master(true)
+            .evasive_devices(true);
+        for (dest, source) in bind_mounts(&spec) {
+            opts = opts.ext_mount(dest, source);
+        }
+        if spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.masked_paths().as_ref())
+            .is_some_and(|m| !m.is_empty())
+        {
+            opts = opts.ext_mount("/dev/null", "/dev/null");
+        }
+        for dev in devices(&spec) {
+            opts = opts.ext_mount(dev.clone(), dev);
+        }
+        for (mountpoint, host) in &container.cgroup_mounts {
+            opts = opts.ext_mount(mountpoint.clone(), host.display().to_string());
+        }
+        for (kind, path) in joined_namespaces(&spec) {
+            let open = || {
+                std::fs::File::open(&path)
+                    .map_err(|e| Error::io(format!("opening namespace {}", path.display()), e))
+            };
+            opts = match kind {
+                LinuxNamespaceType::Network => opts.inherit_fd(NET_KEY, open()?),
+                LinuxNamespaceType::Pid => opts.inherit_fd(PID_KEY, open()?),
+                other => opts.join_ns(criu_ns_name(other), path.display().to_string()),
+            };
+        }
+        let mut stdio = self.stdio;
+        let given: Vec<String> = self.inherit.iter().map(|(k, _)| k.clone()).collect();
+        for (key, fd) in self.inherit {
+            opts = opts.inherit_fd(key, fd);
+        }
+        for (i, key) in container.stdio.iter().enumerate() {
+            if !key.starts_with("pipe:") || given.contains(key) {
+                continue;
+            }
+            let fd = match stdio[i].take() {
+                Some(fd) => fd,
+                None => std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map(PassFd::from)
+                    .map_err(|e| Error::io("opening /dev/null", e))?,
+            };
+            opts = opts.inherit_fd(key.clone(), fd);
+        }
+        Ok(opts)
+    }
+
+    /// Restores the container; see [`Criu::restore`].
+    ///
+    /// # Errors
+    /// As [`options`](Self::options) and [`Criu::restore`].
+    ///
+    /// # Cancel safety
+    /// As [`Session::restore`](crate::Session::restore).
+    pub async fn run(self, criu: &Criu) -> Result<RestoredContainer> {
+        let opts = self.options()?;
+        let mut hooks = ConsoleHooks(None);
+        let outcome = criu.restore_with(opts, &mut hooks).await?;
+        Ok(RestoredContainer {
+            pid: outcome.pid,
+            console: hooks.0,
+            outcome,
+        })
+    }
+}
+
+/// Keeps the console master criu hands over in `orphan-pts-master`.
+struct ConsoleHooks(Option<OwnedFd>);
+
+impl Hooks for ConsoleHooks {
+    async fn on_notify(&mut self, n: Notification) -> Reply {
+        if let Notification::OrphanPtsMaster { master } = n {
+            self.0 = Some(master);
+        }
+        Reply::ok()
+    }
+}
+
+/// The bundle's canonical path, its spec, and its rootfs resolved against it.
+fn read_bundle(bundle: &Path) -> Result<(PathBuf, Spec, PathBuf)> {
+    let bundle = std::fs::canonicalize(bundle)
+        .map_err(|e| Error::invalid("bundle", format!("{}: {e}", bundle.display())))?;
+    let config = bundle.join("config.json");
+    let spec = Spec::load(&config).map_err(|e| {
+        Error::invalid(
+            "bundle",
+            format!("{} is not an OCI runtime spec: {e}", config.display()),
+        )
+    })?;
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .ok_or_else(|| Error::invalid("bundle", format!("{} has no root", config.display())))?;
+    let rootfs = if root.is_absolute() {
+        root
+    } else {
+        bundle.join(root)
+    };
+    let rootfs = std::fs::canonicalize(&rootfs)
+        .map_err(|e| Error::invalid("bundle", format!("rootfs {}: {e}", rootfs.display())))?;
+    Ok((bundle, spec, rootfs))
+}
+
+/// What criu cannot handle in a spec, named.
+fn check_spec(spec: &Spec) -> Result<()> {
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        if is_bind(m) {
+            continue;
+        }
+        let ty = m.typ().as_deref().unwrap_or("");
+        let known = CRIU_FILESYSTEMS.contains(&ty);
+        if !known {
+            let why = if ty.starts_with("fuse") {
+                "criu cannot checkpoint FUSE mounts".to_owned()
+            } else {
+                format!(
+                    "criu cannot checkpoint {ty} mounts (it knows {})",
+                    CRIU_FILESYSTEMS.join(", ")
+                )
+            };
+            return Err(Error::Unsupported {
+                what: format!("mount {} (type {ty})", m.destination().display()),
+                reason: format!(
+                    "{why}: use a tmpfs, or bind-mount a host directory there, which criu \
+                     treats as external"
+                ),
+            });
+        }
+    }
+    for (kind, path) in joined_namespaces(spec) {
+        if kind == LinuxNamespaceType::Cgroup {
+            return Err(Error::Unsupported {
+                what: format!("cgroup namespace {}", path.display()),
+                reason: "criu can neither treat a cgroup namespace the container shares as \
+                         external nor join one at restore: let the container have its own"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+/// The bind mounts: destination, source.
+fn bind_mounts(spec: &Spec) -> Vec<(String, String)> {
+    spec.mounts()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| is_bind(m))
+        .map(|m| {
+            (
+                m.destination().display().to_string(),
+                m.source()
+                    .as_ref()
+                    .map(|s| s.display().to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// The masked paths that are files in the container (runc binds /dev/null over them;
+/// masked directories get a read-only tmpfs, which criu dumps itself).
+fn masked_files(spec: &Spec, pid: i32) -> Vec<String> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.masked_paths().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| std::fs::metadata(format!("/proc/{pid}/root{p}")).is_ok_and(|m| !m.is_dir()))
+        .collect()
+}
+
+fn devices(spec: &Spec) -> Vec<String> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| d.path().display().to_string())
+        .collect()
+}
+
+/// Namespaces the container joins by path.
+fn joined_namespaces(spec: &Spec) -> Vec<(LinuxNamespaceType, PathBuf)> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|ns| Some((ns.typ(), ns.path().clone()?)))
+        .collect()
+}
+
+/// criu's `join_ns` name for a namespace type.
+fn criu_ns_name(kind: LinuxNamespaceType) -> &'static str {
+    match kind {
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Time => "time",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Cgroup => "cgroup",
+    }
+}
+
+/// The cgroup v1 hierarchies bound into the container (`cgroup` mounts under its
+/// `/sys/fs/cgroup`), each with the container's own cgroup directory on the host.
+fn cgroup_mounts(pid: i32) -> Result<Vec<(String, PathBuf)>> {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .map_err(|e| Error::io(format!("reading the mounts of {pid}"), e))?;
+    let paths = cgroup_paths(pid)?;
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER
+        let Some((head, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut tail = tail.split(' ');
+        if tail.next() != Some("cgroup") {
+            continue;
+        }
+        let _source = tail.next();
+        let supers: Vec<&str> = tail.next().unwrap_or("").split(',').collect();
+        let Some(mountpoint) = head.split(' ').nth(4) else {
+            continue;
+        };
+        // The hierarchy: its controllers (or name=...) among the super options.
+        let Some(path) = paths.iter().find_map(|(ctrls, path)| {
+            ctrls
+                .split(',')
+                .all(|c| supers.contains(&c))
+                .then_some(path)
+        }) else {
+            continue;
+        };
+        let hierarchy = Path::new(mountpoint)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let host = PathBuf::from("/sys/fs/cgroup")
+            .join(&hierarchy)
+            .join(path.trim_start_matches('/'));
+        out.push((mountpoint.to_owned(), host));
+    }
+    Ok(out)
+}
+
+/// `/proc/PID/cgroup`: controllers (`cpu,cpuacct`, `name=systemd`; empty for v2) to
+/// the process's path in that hierarchy.
+fn cgroup_paths(pid: i32) -> Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| Error::io(format!("reading the cgroups of {pid}"), e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let _id = f.next()?;
+            Some((f.next()?.to_owned(), f.next()?.to_owned()))
+        })
+        .filter(|(ctrls, _)| !ctrls.is_empty())
+        .collect())
+}
+
+/// The container's freezer cgroup directory: v1 `freezer`, else its cgroup v2
+/// directory when the host is unified.
+fn freezer_cgroup(pid: i32) -> Option<PathBuf> {
+    let paths = cgroup_paths(pid).ok()?;
+    let path = paths.get("freezer")?;
+    let dir = Path::new("/sys/fs/cgroup/freezer").join(path.trim_start_matches('/'));
+    dir.exists().then_some(dir)
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+                .any(|dir| dir.join(program).is_file())
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_mount_criu_does_not_know_is_refused_by_name() {
+        let s = spec(
+            r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                "mounts": [
+                  {"destination": "/proc", "type": "proc", "source": "proc"},
+                  {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]},
+                  {"destination": "/cache", "type": "ramfs", "source": "ramfs"}
+                ]}"#,
+        );
+        let err = check_spec(&s).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("mount /cache (type ramfs)"), "{text}");
+        assert!(
+            text.contains("criu cannot checkpoint ramfs mounts"),
+            "{text}"
+        );
+        assert_eq!(
+            bind_mounts(&s),
+            [("/data".to_owned(), "/srv/data".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_shared_cgroup_namespace_is_refused_and_others_are_joined() {
+        let s = spec(
+            r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                "linux": {"namespaces": [
+                  {"type": "pid"}, {"type": "uts", "path": "/proc/1/ns/uts"},
+                  {"type": "cgroup", "path": "/proc/1/ns/cgroup"}
+                ]}}"#,
+        );
+        let err = check_spec(&s).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cgroup namespace /proc/1/ns/cgroup"),
+            "{err}"
+        );
+        let joined = joined_namespaces(&s);
+        assert_eq!(
+            joined[0],
+            (LinuxNamespaceType::Uts, PathBuf::from("/proc/1/ns/uts"))
+        );
+        assert_eq!(criu_ns_name(joined[0].0), "uts");
+    }
+
+    #[test]
+    fn our_own_cgroups_are_found() {
+        let paths = cgroup_paths(std::process::id() as i32).unwrap();
+        assert!(!paths.is_empty(), "{paths:?}");
+    }
+}
