@@ -151,7 +151,7 @@ async fn run(cli: Cli) -> bool {
                             name,
                             pid: None,
                         };
-                        printer.print(&report::Report::failed(&target, e.to_string()));
+                        printer.print(&report::Report::failed(&target, e));
                     }
                 }
             }
@@ -202,16 +202,17 @@ async fn dump(
 /// What to dump: a plain tree (`pid`), the container of a bundle (`bundle` and
 /// `pid`), or runc's container `runc`. Returns the target's name, its pid and the
 /// options derived for it, or its name and why it cannot be dumped.
-#[allow(clippy::result_large_err)]
 fn dump_source(
     pid: Option<i32>,
     bundle: Option<&Path>,
     runc: Option<&str>,
-) -> Result<(String, i32, DumpOptions), (String, criu_swrk::Error)> {
+) -> Result<(String, i32, DumpOptions), (String, String)> {
     let container = match (runc, bundle, pid) {
-        (Some(id), _, _) => Container::from_runc(id).map_err(|e| (id.to_owned(), e))?,
+        (Some(id), _, _) => {
+            Container::from_runc(id).map_err(|e| (id.to_owned(), e.to_string()))?
+        }
         (None, Some(b), Some(pid)) => {
-            Container::from_bundle(b, pid).map_err(|e| (pid.to_string(), e))?
+            Container::from_bundle(b, pid).map_err(|e| (pid.to_string(), e.to_string()))?
         }
         (None, _, Some(pid)) => return Ok((pid.to_string(), pid, DumpOptions::new(pid))),
         (None, _, None) => unreachable!("clap requires --pid or --runc"),
@@ -220,7 +221,9 @@ fn dump_source(
         .id()
         .map(str::to_owned)
         .unwrap_or_else(|| container.pid().to_string());
-    let opts = container.dump_options().map_err(|e| (name.clone(), e))?;
+    let opts = container
+        .dump_options()
+        .map_err(|e| (name.clone(), e.to_string()))?;
     Ok((name, container.pid(), opts))
 }
 
