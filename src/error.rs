@@ -17,9 +17,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong while driving criu.
 ///
 /// Each variant carries typed fields so callers can react without parsing messages;
-/// the `Display` form is written for a person and names what was wrong. Predicate
-/// methods ([`is_refused`](Self::is_refused), [`is_timeout`](Self::is_timeout), ...)
-/// cover the common checks.
+/// the `Display` form is written for a person and names what was wrong. A variant
+/// caused by another error (an I/O error, a hook's own error) returns it from
+/// [`source`](std::error::Error::source) and does not repeat it in its `Display`:
+/// print the chain (as `anyhow` and the `criu-swrk` tool do) to see each cause once.
+/// Predicate methods ([`is_refused`](Self::is_refused), [`is_timeout`](Self::is_timeout),
+/// ...) cover the common checks.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -31,7 +34,7 @@ pub enum Error {
     },
 
     /// criu could not be started.
-    #[error("cannot start {path}: {source}")]
+    #[error("cannot start {path}")]
     Spawn {
         /// The criu binary.
         path: PathBuf,
@@ -41,7 +44,7 @@ pub enum Error {
     },
 
     /// An I/O error on our side (socket, directory, file).
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What we were doing.
         context: String,
@@ -51,7 +54,7 @@ pub enum Error {
     },
 
     /// criu sent bytes that are not a valid message.
-    #[error("cannot decode {what} from criu ({len} bytes): {source}")]
+    #[error("cannot decode {what} from criu ({len} bytes)")]
     Decode {
         /// What we tried to decode.
         what: &'static str,
@@ -77,7 +80,7 @@ pub enum Error {
     Refused(Box<Refusal>),
 
     /// A hook answered with failure; criu rolled the request back.
-    #[error("hook {hook} failed, criu rolled the {request} back: {source}")]
+    #[error("hook {hook} failed; criu rolled the {request} back")]
     Hook {
         /// The request the hook belonged to.
         request: RequestKind,
@@ -421,6 +424,19 @@ impl fmt::Display for Interruption {
     }
 }
 
+/// `err` and its sources, each once: `cannot start /x: No such file or directory`.
+#[cfg(test)]
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
 fn errno_name(e: i32) -> String {
     let errno = nix::errno::Errno::from_raw(e);
     if errno == nix::errno::Errno::UnknownErrno {
@@ -467,4 +483,30 @@ fn display_causes(log_errors: &[String], stderr: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     let from = lines.len().saturating_sub(5);
     format!("\n  stderr: {}", lines[from..].join("\n          "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_names_each_cause_once() {
+        let e = Error::Spawn {
+            path: "/x/criu".into(),
+            source: io::Error::from_raw_os_error(2),
+        };
+        assert_eq!(e.to_string(), "cannot start /x/criu");
+        assert_eq!(chain(&e), "cannot start /x/criu: No such file or directory (os error 2)");
+        let io = Error::io("sending to criu", io::Error::from(io::ErrorKind::BrokenPipe));
+        assert_eq!(chain(&io), "sending to criu: broken pipe");
+        let aborted = Error::Aborted {
+            request: RequestKind::Dump,
+            at: Interruption::untouched(),
+            source: Box::new(io),
+        };
+        assert_eq!(
+            chain(&aborted),
+            "gave up on the dump; stopped before criu touched the target: sending to criu: broken pipe"
+        );
+    }
 }

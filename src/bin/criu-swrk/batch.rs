@@ -65,7 +65,7 @@ pub async fn run<T: Outcome>(
                 };
                 match result {
                     Ok(outcome) => outcome.fill(&mut report),
-                    Err(e) => report.error = Some(e.to_string()),
+                    Err(e) => report.error = Some(crate::report::chain(&e)),
                 }
                 all_ok &= report.ok();
                 progress.finished(index, || printer.print(&report));

@@ -166,7 +166,7 @@ async fn run(cli: Cli) -> bool {
         Command::Demo => match demo::run(&criu).await {
             Ok(()) => true,
             Err(e) => {
-                eprintln!("criu-swrk: demo: {e}");
+                eprintln!("criu-swrk: demo: {}", report::chain(&*e));
                 false
             }
         },
@@ -209,10 +209,10 @@ fn dump_source(
 ) -> Result<(String, i32, DumpOptions), (String, String)> {
     let container = match (runc, bundle, pid) {
         (Some(id), _, _) => {
-            Container::from_runc(id).map_err(|e| (id.to_owned(), e.to_string()))?
+            Container::from_runc(id).map_err(|e| (id.to_owned(), report::chain(&e)))?
         }
         (None, Some(b), Some(pid)) => {
-            Container::from_bundle(b, pid).map_err(|e| (pid.to_string(), e.to_string()))?
+            Container::from_bundle(b, pid).map_err(|e| (pid.to_string(), report::chain(&e)))?
         }
         (None, _, Some(pid)) => return Ok((pid.to_string(), pid, DumpOptions::new(pid))),
         (None, _, None) => unreachable!("clap requires --pid or --runc"),
@@ -223,7 +223,7 @@ fn dump_source(
         .unwrap_or_else(|| container.pid().to_string());
     let opts = container
         .dump_options()
-        .map_err(|e| (name.clone(), e.to_string()))?;
+        .map_err(|e| (name.clone(), report::chain(&e)))?;
     Ok((name, container.pid(), opts))
 }
 
@@ -305,7 +305,7 @@ fn restore_options(
     common: &RestoreCommon,
     log_file: &Option<String>,
 ) -> Result<RestoreOptions, String> {
-    let record = DumpRecord::read(dir).map_err(|e| e.to_string())?;
+    let record = DumpRecord::read(dir).map_err(|e| report::chain(&e))?;
     let bundle = common.bundle.clone().or_else(|| {
         record
             .as_ref()
@@ -329,7 +329,7 @@ fn restore_options(
             for (key, file) in inherit {
                 restore = restore.inherit_fd(key, file);
             }
-            restore.options().map_err(|e| e.to_string())?
+            restore.options().map_err(|e| report::chain(&e))?
         }
         (None, record) => {
             let mut o = match record {
@@ -470,7 +470,7 @@ async fn about_criu(criu: &Criu, asked: Option<&Path>, printer: Printer, query: 
     };
     let (mut value, human, error) = match answer {
         Ok((value, human)) => (value, human, None),
-        Err(e) => (json!({}), String::new(), Some(e.to_string())),
+        Err(e) => (json!({}), String::new(), Some(report::chain(&e))),
     };
     let ok = error.is_none();
     let obj = value.as_object_mut().expect("a JSON object");

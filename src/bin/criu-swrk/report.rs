@@ -7,6 +7,20 @@ use std::time::Duration;
 use criu_swrk::{DumpOutcome, DumpStats, RestoreOutcome, RestoreStats};
 use serde_json::{Value, json};
 
+/// An error and its sources, each named once (the library's errors do not repeat
+/// their source in their own message): `cannot start /x/criu: No such file or
+/// directory`.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
 /// The result for one target.
 #[derive(Debug)]
 pub struct Report {
