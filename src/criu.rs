@@ -13,7 +13,8 @@ use crate::options::{
     CheckOptions, DumpOptions, PageServerOptions, PreDumpOptions, Prepared, RestoreOptions,
 };
 use crate::outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
-use crate::session::{DEFAULT_GRACE, PreDumpLoop, Session};
+use crate::pre_dump_loop::PreDumpLoop;
+use crate::session::{DEFAULT_GRACE, Session};
 use crate::spawn;
 
 /// The entry point: which criu binary to run, with which limits.

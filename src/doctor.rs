@@ -230,7 +230,7 @@ impl Criu {
             ),
             Err(e) => r.push("memory tracking", Status::Skipped, e.to_string(), None),
         }
-        match crate::session::lazy_dump_preflight() {
+        match crate::preflight::lazy_dump() {
             Ok(()) => r.push(
                 "pipe size",
                 Status::Ok,

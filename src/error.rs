@@ -496,8 +496,14 @@ mod tests {
             source: io::Error::from_raw_os_error(2),
         };
         assert_eq!(e.to_string(), "cannot start /x/criu");
-        assert_eq!(chain(&e), "cannot start /x/criu: No such file or directory (os error 2)");
-        let io = Error::io("sending to criu", io::Error::from(io::ErrorKind::BrokenPipe));
+        assert_eq!(
+            chain(&e),
+            "cannot start /x/criu: No such file or directory (os error 2)"
+        );
+        let io = Error::io(
+            "sending to criu",
+            io::Error::from(io::ErrorKind::BrokenPipe),
+        );
         assert_eq!(chain(&io), "sending to criu: broken pipe");
         let aborted = Error::Aborted {
             request: RequestKind::Dump,

@@ -82,6 +82,7 @@
 #![warn(missing_docs)]
 
 mod codec;
+mod conn;
 mod criu;
 pub mod doctor;
 mod error;
@@ -95,10 +96,13 @@ pub mod notify;
 pub mod oci;
 pub mod options;
 mod outcome;
+mod pre_dump_loop;
+mod preflight;
 mod process;
 pub mod proto;
 mod publish;
 pub mod record;
+mod request;
 mod session;
 mod spawn;
 pub mod stats;
@@ -116,7 +120,8 @@ pub use options::{
     PreDumpOptions, RestoreOptions,
 };
 pub use outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
-pub use session::{DEFAULT_GRACE, PreDumpLoop, Session};
+pub use pre_dump_loop::PreDumpLoop;
+pub use session::{DEFAULT_GRACE, Session};
 pub use stats::{DumpStats, RestoreStats};
 /// Re-exported: cancels requests ([`DumpOptions::cancel_on`]) and batches.
 pub use tokio_util::sync::CancellationToken;

@@ -1315,41 +1315,6 @@ impl CheckOptions {
     }
 }
 
-/// `criu_opts` fields newer than criu 3.15 (the oldest criu this crate drives), with
-/// the first criu release that knows each. An older criu ignores unknown fields
-/// silently, so requests setting them are refused instead.
-/// An option's name, the criu version that introduced it, and whether it is set.
-type Gate = (&'static str, (u32, u32), fn(&CriuOpts) -> bool);
-
-const VERSION_GATES: &[Gate] = &[
-    ("pidfd_store", (3, 16), |o| o.pidfd_store_sk.is_some()),
-    ("lsm_profile", (3, 16), |o| o.lsm_profile.is_some()),
-    ("lsm_mount_context", (3, 16), |o| {
-        o.lsm_mount_context.is_some()
-    }),
-    ("network_lock", (3, 16), |o| o.network_lock.is_some()),
-    ("mntns_compat_mode", (3, 17), |o| {
-        o.mntns_compat_mode.is_some()
-    }),
-    ("skip_file_rwx_check", (3, 18), |o| {
-        o.skip_file_rwx_check.is_some()
-    }),
-    ("unprivileged", (3, 18), |o| o.unprivileged.is_some()),
-    ("images_dir (by path)", (3, 19), |o| o.images_dir.is_some()),
-    ("leave_stopped", (3, 19), |o| o.leave_stopped.is_some()),
-    ("display_stats", (3, 19), |o| o.display_stats.is_some()),
-    ("log_to_stderr", (3, 19), |o| o.log_to_stderr.is_some()),
-];
-
-/// The options `opts` sets that need a criu newer than 3.15, with that version.
-pub(crate) fn version_gated(opts: &CriuOpts) -> Vec<(&'static str, (u32, u32))> {
-    VERSION_GATES
-        .iter()
-        .filter(|(_, _, set)| set(opts))
-        .map(|(name, v, _)| (*name, *v))
-        .collect()
-}
-
 /// Options of a page server (`criu page-server`): it receives the memory pages of a
 /// dump sent with [`DumpOptions::page_server`] and writes them into its images
 /// directory.
