@@ -1,0 +1,158 @@
+//! Typed builders for the options of each request, one per file.
+//!
+//! Each builder starts from criu's own defaults, adds this crate's (criu logging to a
+//! pipe this crate reads, at criu's log level 2; notifications on, for the rollback
+//! points), and catches contradictions before criu is started. Every `criu_opts` field
+//! without a typed setter is still reachable through `raw`. A builder becomes a
+//! request plan ([`plan`]) when the request starts.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use crate::error::{Error, Result};
+use crate::proto::{CriuCgMode, CriuNetworkLockMethod};
+
+#[macro_use]
+mod setters;
+mod check;
+mod dump;
+mod page_server;
+mod plan;
+mod pre_dump;
+mod restore;
+#[cfg(test)]
+mod tests;
+
+pub use check::CheckOptions;
+pub use dump::DumpOptions;
+pub use page_server::PageServerOptions;
+pub(crate) use plan::Prepared;
+pub use pre_dump::PreDumpOptions;
+pub use restore::RestoreOptions;
+
+/// The log level this crate asks for unless told otherwise: criu's own default (2,
+/// errors only), which is all a refusal's [`log_errors`](crate::Refusal::log_errors)
+/// need. Level 4 (debug) tells more about a failure but costs about 8% of a small
+/// dump's time (measured with `scripts/bench`).
+pub const DEFAULT_LOG_LEVEL: u8 = 2;
+
+/// An fd handed to criu: owned (moved in) or borrowed (duplicated on the spot).
+///
+/// Built with `From`: `OwnedFd`, `BorrowedFd`, `File`, `UnixStream`, `PipeReader`,
+/// `PipeWriter`, `TcpStream` all convert. A failed duplication of a borrowed fd is
+/// reported when the request starts.
+#[derive(Debug)]
+pub struct PassFd(io::Result<OwnedFd>);
+
+impl PassFd {
+    pub(crate) fn into_owned(self, what: &str) -> Result<OwnedFd> {
+        self.0
+            .map_err(|e| Error::io(format!("duplicating the fd for {what}"), e))
+    }
+}
+
+impl From<OwnedFd> for PassFd {
+    fn from(fd: OwnedFd) -> Self {
+        PassFd(Ok(fd))
+    }
+}
+impl From<BorrowedFd<'_>> for PassFd {
+    fn from(fd: BorrowedFd<'_>) -> Self {
+        PassFd(fd.try_clone_to_owned())
+    }
+}
+macro_rules! pass_fd_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for PassFd {
+            fn from(v: $t) -> Self { PassFd(Ok(OwnedFd::from(v))) }
+        }
+    )*};
+}
+pass_fd_from!(
+    File,
+    std::os::unix::net::UnixStream,
+    std::net::TcpStream,
+    std::io::PipeReader,
+    std::io::PipeWriter
+);
+
+/// How criu treats cgroups (`manage_cgroups_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum CgroupMode {
+    /// Leave cgroups alone.
+    Ignore,
+    /// Dump/restore no cgroup properties.
+    None,
+    /// Only properties.
+    Props,
+    /// Restore properties where the cgroup does not exist yet (criu's usual default).
+    Soft,
+    /// Restore everything, overwriting existing cgroups.
+    Full,
+    /// Like full, failing on mismatches.
+    Strict,
+    /// criu's compiled-in default.
+    Default,
+}
+
+impl CgroupMode {
+    pub(crate) fn from_wire(v: i32) -> Option<Self> {
+        Some(match CriuCgMode::try_from(v).ok()? {
+            CriuCgMode::Ignore => CgroupMode::Ignore,
+            CriuCgMode::CgNone => CgroupMode::None,
+            CriuCgMode::Props => CgroupMode::Props,
+            CriuCgMode::Soft => CgroupMode::Soft,
+            CriuCgMode::Full => CgroupMode::Full,
+            CriuCgMode::Strict => CgroupMode::Strict,
+            CriuCgMode::Default => CgroupMode::Default,
+        })
+    }
+
+    pub(crate) fn wire(self) -> CriuCgMode {
+        match self {
+            CgroupMode::Ignore => CriuCgMode::Ignore,
+            CgroupMode::None => CriuCgMode::CgNone,
+            CgroupMode::Props => CriuCgMode::Props,
+            CgroupMode::Soft => CriuCgMode::Soft,
+            CgroupMode::Full => CriuCgMode::Full,
+            CgroupMode::Strict => CriuCgMode::Strict,
+            CgroupMode::Default => CriuCgMode::Default,
+        }
+    }
+}
+
+/// How criu locks the network of a dumped tree (`network_lock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum NetworkLock {
+    /// iptables rules (criu's default).
+    Iptables,
+    /// nftables rules.
+    Nftables,
+    /// Do not lock; the caller does it (e.g. in the `network-lock` hook).
+    Skip,
+}
+
+impl NetworkLock {
+    pub(crate) fn from_wire(v: i32) -> Option<Self> {
+        Some(match CriuNetworkLockMethod::try_from(v).ok()? {
+            CriuNetworkLockMethod::Iptables => NetworkLock::Iptables,
+            CriuNetworkLockMethod::Nftables => NetworkLock::Nftables,
+            CriuNetworkLockMethod::Skip => NetworkLock::Skip,
+        })
+    }
+}
+
+/// How a pre-dump reads memory (`pre_dump_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PreDumpMode {
+    /// vmsplice pages into pipes (criu's default; the tree is frozen longer).
+    Splice,
+    /// process_vm_readv: shorter freeze.
+    VmRead,
+}
