@@ -1,102 +1,14 @@
 //! Bytes to messages and back, and what an incoming message means for the request in
 //! flight. Pure: no I/O, unit-tested directly.
 
-use std::fmt;
 use std::os::fd::OwnedFd;
 
 use prost::Message;
 
 use crate::error::{Error, Result};
-use crate::notify::Notification;
+pub(crate) use crate::kind::RequestKind;
+use crate::notify::{HOOK_NAMES, Notification};
 use crate::proto::{CriuReq, CriuReqType, CriuResp};
-
-/// The kind of a request to criu.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RequestKind {
-    /// `DUMP`: checkpoint a process tree.
-    Dump,
-    /// `PRE_DUMP`: one iteration of the pre-dump loop.
-    PreDump,
-    /// `SINGLE_PRE_DUMP`: a pre-dump on its own.
-    SinglePreDump,
-    /// `RESTORE`: restore a process tree from images.
-    Restore,
-    /// `CHECK`: ask criu whether this kernel supports it.
-    Check,
-    /// `PAGE_SERVER`: start a page server daemon.
-    PageServer,
-    /// `PAGE_SERVER_CHLD`: start a page server as criu's child.
-    PageServerChild,
-    /// `WAIT_PID`: wait for a child of criu.
-    WaitPid,
-    /// `CPUINFO_DUMP`: save this machine's CPU description.
-    CpuinfoDump,
-    /// `CPUINFO_CHECK`: compare a saved CPU description with this machine.
-    CpuinfoCheck,
-    /// `FEATURE_CHECK`: probe optional kernel features.
-    FeatureCheck,
-    /// `VERSION`: criu's version.
-    Version,
-    /// `criu lazy-pages`: the post-copy daemon (a command, not an RPC request).
-    LazyPages,
-}
-
-impl RequestKind {
-    pub(crate) fn wire(self) -> CriuReqType {
-        match self {
-            RequestKind::Dump => CriuReqType::Dump,
-            RequestKind::PreDump => CriuReqType::PreDump,
-            RequestKind::SinglePreDump => CriuReqType::SinglePreDump,
-            RequestKind::Restore => CriuReqType::Restore,
-            RequestKind::Check => CriuReqType::Check,
-            RequestKind::PageServer => CriuReqType::PageServer,
-            RequestKind::PageServerChild => CriuReqType::PageServerChld,
-            RequestKind::WaitPid => CriuReqType::WaitPid,
-            RequestKind::CpuinfoDump => CriuReqType::CpuinfoDump,
-            RequestKind::CpuinfoCheck => CriuReqType::CpuinfoCheck,
-            RequestKind::FeatureCheck => CriuReqType::FeatureCheck,
-            RequestKind::Version => CriuReqType::Version,
-            // Never sent: the daemon is a command line of its own.
-            RequestKind::LazyPages => CriuReqType::Empty,
-        }
-    }
-
-    /// The name criu uses on the wire, e.g. `DUMP`.
-    pub fn wire_name(self) -> &'static str {
-        self.wire().as_str_name()
-    }
-
-    /// The response type criu answers this request with. criu answers a
-    /// `SINGLE_PRE_DUMP` with `SINGLE_PRE_DUMP` and a `PAGE_SERVER_CHLD` with
-    /// `PAGE_SERVER`.
-    pub(crate) fn response_type(self) -> CriuReqType {
-        match self {
-            RequestKind::PageServerChild => CriuReqType::PageServer,
-            k => k.wire(),
-        }
-    }
-}
-
-impl fmt::Display for RequestKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RequestKind::Dump => "dump",
-            RequestKind::PreDump => "pre-dump",
-            RequestKind::SinglePreDump => "single pre-dump",
-            RequestKind::Restore => "restore",
-            RequestKind::Check => "check",
-            RequestKind::PageServer => "page-server",
-            RequestKind::PageServerChild => "page-server (child)",
-            RequestKind::WaitPid => "wait-pid",
-            RequestKind::CpuinfoDump => "cpuinfo dump",
-            RequestKind::CpuinfoCheck => "cpuinfo check",
-            RequestKind::FeatureCheck => "feature check",
-            RequestKind::Version => "version",
-            RequestKind::LazyPages => "lazy-pages",
-        })
-    }
-}
 
 /// Serializes a request into one datagram.
 pub(crate) fn encode(req: &CriuReq) -> Vec<u8> {
@@ -157,7 +69,7 @@ pub(crate) fn classify(kind: RequestKind, bytes: &[u8], mut fds: Vec<OwnedFd>) -
             ));
         }
         let fd = fds.pop();
-        return Notification::from_wire(&name, notify.pid, fd);
+        return notification(&name, notify.pid, fd);
     }
     if !fds.is_empty() {
         return Err(Error::protocol(
@@ -189,6 +101,45 @@ pub(crate) enum Peek {
         /// Its `success`.
         success: bool,
     },
+}
+
+/// The notification criu sent as hook `name`, with the pid and fd it carried.
+pub(crate) fn notification(name: &str, pid: Option<i32>, fd: Option<OwnedFd>) -> Result<Incoming> {
+    let needs_pid = |pid: Option<i32>| {
+        pid.ok_or_else(|| Error::protocol(format!("a pid with {name}"), "no pid"))
+    };
+    let n = match (name, fd) {
+        ("orphan-pts-master", Some(master)) => Notification::OrphanPtsMaster { master },
+        ("orphan-pts-master", None) => {
+            return Err(Error::protocol("an fd with orphan-pts-master", "no fd"));
+        }
+        ("pre-stream", None) => Notification::PreStream,
+        ("pre-dump", None) => Notification::PreDump,
+        ("post-dump", None) => Notification::PostDump,
+        ("pre-restore", None) => Notification::PreRestore,
+        ("post-restore", None) => Notification::PostRestore {
+            pid: needs_pid(pid)?,
+        },
+        ("network-lock", None) => Notification::NetworkLock,
+        ("network-unlock", None) => Notification::NetworkUnlock,
+        ("setup-namespaces", None) => Notification::SetupNamespaces {
+            pid: needs_pid(pid)?,
+        },
+        ("post-setup-namespaces", None) => Notification::PostSetupNamespaces,
+        ("pre-resume", None) => Notification::PreResume,
+        ("post-resume", None) => Notification::PostResume,
+        ("status-ready", None) => Notification::StatusReady,
+        ("query-ext-files", None) => Notification::QueryExtFiles,
+        (known, Some(_)) if HOOK_NAMES.contains(&known) => {
+            return Err(Error::protocol(format!("no fd with {name}"), "an fd"));
+        }
+        (other, fd) => Notification::Other {
+            name: other.to_owned(),
+            pid,
+            fd,
+        },
+    };
+    Ok(Incoming::Notify(n))
 }
 
 /// For a datagram [`classify`] rejected: what it was, `None` when it does not decode.

@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio_seqpacket::UnixSeqpacket;
 use tracing::Instrument;
 
-use crate::codec::{self, Incoming, RequestKind};
+use crate::codec::{self, Incoming};
 use crate::error::{BoxError, Error, Interruption, RequestState, Result};
 use crate::exchange::{Exchange, OnInterrupt};
+use crate::kind::RequestKind;
 use crate::log;
 use crate::notify::{Hooks, Notification, Reply};
 use crate::process::Held;

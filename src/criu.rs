@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::codec::RequestKind;
+use crate::kind::RequestKind;
 use std::time::Duration;
 
 use crate::error::Result;
@@ -13,8 +13,7 @@ use crate::options::{
     CheckOptions, DumpOptions, PageServerOptions, PreDumpOptions, Prepared, RestoreOptions,
 };
 use crate::outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
-use crate::pre_dump_loop::PreDumpLoop;
-use crate::session::{DEFAULT_GRACE, Session};
+use crate::session::{DEFAULT_GRACE, PreDumpLoop, Session};
 use crate::spawn;
 
 /// The entry point: which criu binary to run, with which limits.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use crate::codec::RequestKind;
+use crate::kind::RequestKind;
 
 /// A boxed error from a caller's hook.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

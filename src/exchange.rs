@@ -16,8 +16,8 @@
 //! In between, a hook answered with failure makes criu undo the request. A pre-dump
 //! sends no hook at all, so it counts as touched from the moment it is sent.
 
-use crate::codec::RequestKind;
 use crate::error::{Interruption, RequestState};
+use crate::kind::RequestKind;
 
 /// How far criu has got with the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

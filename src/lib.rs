@@ -90,19 +90,19 @@ mod exchange;
 pub mod external;
 pub mod fleet;
 mod info;
+mod kind;
 pub mod lazy;
 mod log;
+mod modes;
 pub mod notify;
 pub mod oci;
 pub mod options;
 mod outcome;
-mod pre_dump_loop;
 mod preflight;
 mod process;
 pub mod proto;
 mod publish;
 pub mod record;
-mod request;
 mod session;
 mod spawn;
 pub mod stats;
@@ -110,18 +110,17 @@ mod transport;
 #[doc(hidden)]
 pub mod workload;
 
-pub use codec::RequestKind;
 pub use criu::{Criu, Spawned};
 pub use error::{BoxError, Error, Interruption, Refusal, RequestState, Result};
 pub use info::{Features, Version};
+pub use kind::RequestKind;
 pub use notify::{Hooks, NoHooks, Notification, Reply};
 pub use options::{
     CgroupMode, CheckOptions, DumpOptions, NetworkLock, PageServerOptions, PassFd, PreDumpMode,
     PreDumpOptions, RestoreOptions,
 };
 pub use outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
-pub use pre_dump_loop::PreDumpLoop;
-pub use session::{DEFAULT_GRACE, Session};
+pub use session::{DEFAULT_GRACE, PreDumpLoop, Session};
 pub use stats::{DumpStats, RestoreStats};
 /// Re-exported: cancels requests ([`DumpOptions::cancel_on`]) and batches.
 pub use tokio_util::sync::CancellationToken;

@@ -36,7 +36,7 @@ use std::os::fd::OwnedFd;
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{BoxError, Error, Result};
+use crate::error::BoxError;
 
 /// One stop of criu at a hook, in the order criu reaches them.
 ///
@@ -100,48 +100,6 @@ pub enum Notification {
 }
 
 impl Notification {
-    pub(crate) fn from_wire(
-        name: &str,
-        pid: Option<i32>,
-        fd: Option<OwnedFd>,
-    ) -> Result<crate::codec::Incoming> {
-        let needs_pid = |pid: Option<i32>| {
-            pid.ok_or_else(|| Error::protocol(format!("a pid with {name}"), "no pid"))
-        };
-        let n = match (name, fd) {
-            ("orphan-pts-master", Some(master)) => Notification::OrphanPtsMaster { master },
-            ("orphan-pts-master", None) => {
-                return Err(Error::protocol("an fd with orphan-pts-master", "no fd"));
-            }
-            ("pre-stream", None) => Notification::PreStream,
-            ("pre-dump", None) => Notification::PreDump,
-            ("post-dump", None) => Notification::PostDump,
-            ("pre-restore", None) => Notification::PreRestore,
-            ("post-restore", None) => Notification::PostRestore {
-                pid: needs_pid(pid)?,
-            },
-            ("network-lock", None) => Notification::NetworkLock,
-            ("network-unlock", None) => Notification::NetworkUnlock,
-            ("setup-namespaces", None) => Notification::SetupNamespaces {
-                pid: needs_pid(pid)?,
-            },
-            ("post-setup-namespaces", None) => Notification::PostSetupNamespaces,
-            ("pre-resume", None) => Notification::PreResume,
-            ("post-resume", None) => Notification::PostResume,
-            ("status-ready", None) => Notification::StatusReady,
-            ("query-ext-files", None) => Notification::QueryExtFiles,
-            (known, Some(_)) if HOOK_NAMES.contains(&known) => {
-                return Err(Error::protocol(format!("no fd with {name}"), "an fd"));
-            }
-            (other, fd) => Notification::Other {
-                name: other.to_owned(),
-                pid,
-                fd,
-            },
-        };
-        Ok(crate::codec::Incoming::Notify(n))
-    }
-
     /// The hook's name as criu spells it, e.g. `post-dump`.
     pub fn name(&self) -> &str {
         match self {

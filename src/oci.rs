@@ -360,8 +360,7 @@ impl ContainerRestore {
         })?;
         let (_, spec, rootfs) = read_bundle(&self.bundle)?;
         check_spec(&spec)?;
-        let mut opts = record
-            .apply(RestoreOptions::new())
+        let mut opts = RestoreOptions::from_record(&record)
             .images_dir(&self.images)
             .root(rootfs.display().to_string())
             .manage_cgroups(CgroupMode::Soft)

@@ -6,7 +6,8 @@
 //! only with `root`, and the network lock method must match. A dump asked to
 //! ([`DumpOptions::record`](crate::DumpOptions::record)) writes those into its images
 //! directory as [`FILE_NAME`], a small versioned JSON file, with criu's version;
-//! [`DumpRecord::read`] and [`DumpRecord::restore_options`] bring them back.
+//! [`DumpRecord::read`] and [`RestoreOptions::from_record`](crate::RestoreOptions::from_record)
+//! bring them back.
 //!
 //! # Example
 //! ```no_run
@@ -24,7 +25,7 @@
 //! .await?;
 //! // Later, maybe in another process: the restore gets tcp_established from the record.
 //! let opts = match DumpRecord::read("/var/lib/ckpt/4242")? {
-//!     Some(record) => record.restore_options(),
+//!     Some(record) => RestoreOptions::from_record(&record),
 //!     None => RestoreOptions::new(),
 //! };
 //! criu.restore(opts.images_dir("/var/lib/ckpt/4242")).await?;
@@ -36,7 +37,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::options::{CgroupMode, NetworkLock, RestoreOptions};
+use crate::modes::{CgroupMode, NetworkLock};
 use crate::proto::CriuOpts;
 
 /// The record's file name in the images directory.
@@ -167,37 +168,6 @@ impl DumpRecord {
             ));
         }
         Ok(Some(record))
-    }
-
-    /// Restore options carrying what the dump recorded; add the images directory (and
-    /// anything else) to them.
-    pub fn restore_options(&self) -> RestoreOptions {
-        self.apply(RestoreOptions::new())
-    }
-
-    /// `opts` with what the dump recorded added: flags the dump set are set, and the
-    /// root, network lock, cgroup mode and `empty_ns` are taken from the record.
-    /// Options set on `opts` afterwards override them.
-    pub fn apply(&self, mut opts: RestoreOptions) -> RestoreOptions {
-        opts = opts
-            .tcp_established(self.tcp_established)
-            .shell_job(self.shell_job)
-            .ext_unix_sk(self.ext_unix_sk)
-            .file_locks(self.file_locks)
-            .orphan_pts_master(self.orphan_pts_master);
-        if let Some(root) = &self.root {
-            opts = opts.root(root.display().to_string());
-        }
-        if let Some(lock) = self.network_lock {
-            opts = opts.network_lock(lock);
-        }
-        if let Some(mode) = self.manage_cgroups {
-            opts = opts.manage_cgroups(mode);
-        }
-        if let Some(ns) = self.empty_ns {
-            opts = opts.empty_ns(ns);
-        }
-        opts
     }
 
     /// Writes the record into the directory behind `dir` (a path, or

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::PassFd;
 use super::plan::{Common, Dir, LogDefault, Prepared};
-use crate::codec::RequestKind;
 use crate::error::{Error, Result};
+use crate::kind::RequestKind;
 use crate::proto::CriuOpts;
 use tokio_util::sync::CancellationToken;
 

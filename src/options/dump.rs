@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::plan::{Common, Dir, LogDefault, Prepared};
 use super::{CgroupMode, NetworkLock, PassFd};
-use crate::codec::RequestKind;
 use crate::error::Result;
+use crate::kind::RequestKind;
 use crate::proto::{CriuNetworkLockMethod, CriuOpts, CriuPageServerInfo, ExtMountMap, UnixSk};
 use tokio_util::sync::CancellationToken;
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{DEFAULT_LOG_LEVEL, PassFd};
-use crate::codec::RequestKind;
 use crate::error::{Error, Result};
+use crate::kind::RequestKind;
 use crate::proto::{CriuOpts, InheritFd};
 use crate::publish::{Scrub, Staging};
 use crate::spawn::FIRST_PASSED_FD;

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use super::plan::{Common, Dir, LogDefault, Prepared};
 use super::{CgroupMode, NetworkLock, PassFd};
-use crate::codec::RequestKind;
 use crate::error::Result;
+use crate::kind::RequestKind;
 use crate::proto::{
     CgroupRoot, CriuNetworkLockMethod, CriuOpts, CriuVethPair, ExtMountMap, JoinNamespace,
 };
+use crate::record::DumpRecord;
 use tokio_util::sync::CancellationToken;
 
 /// Options of a restore (`criu restore`). criu always restores detached over RPC.
@@ -36,6 +37,39 @@ impl RestoreOptions {
 
     base_setters!();
     tree_setters!();
+
+    /// Restore options carrying what a dump recorded (see [`record`](crate::record)):
+    /// `tcp_established`, `shell_job`, `ext_unix_sk`, `file_locks`,
+    /// `orphan_pts_master` as the dump had them, and its root, network lock, cgroup
+    /// mode and `empty_ns`. Add the images directory; setters called afterwards
+    /// override what the record said.
+    pub fn from_record(record: &DumpRecord) -> Self {
+        Self::new().apply_record(record)
+    }
+
+    /// These options with what a dump recorded added (see
+    /// [`from_record`](Self::from_record)).
+    pub fn apply_record(self, record: &DumpRecord) -> Self {
+        let mut opts = self
+            .tcp_established(record.tcp_established)
+            .shell_job(record.shell_job)
+            .ext_unix_sk(record.ext_unix_sk)
+            .file_locks(record.file_locks)
+            .orphan_pts_master(record.orphan_pts_master);
+        if let Some(root) = &record.root {
+            opts = opts.root(root.display().to_string());
+        }
+        if let Some(lock) = record.network_lock {
+            opts = opts.network_lock(lock);
+        }
+        if let Some(mode) = record.manage_cgroups {
+            opts = opts.manage_cgroups(mode);
+        }
+        if let Some(ns) = record.empty_ns {
+            opts = opts.empty_ns(ns);
+        }
+        opts
+    }
 
     flag!(
         /// Restore the tree as a sibling of criu, i.e. as our child: we can then wait

@@ -2,8 +2,8 @@
 
 use super::plan::*;
 use super::*;
-use crate::codec::RequestKind;
 use crate::error::Result;
+use crate::kind::RequestKind;
 use crate::proto::*;
 use crate::spawn::FIRST_PASSED_FD;
 use std::fs::File;

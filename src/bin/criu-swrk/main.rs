@@ -333,7 +333,7 @@ fn restore_options(
         }
         (None, record) => {
             let mut o = match record {
-                Some(r) => r.restore_options(),
+                Some(r) => RestoreOptions::from_record(&r),
                 None => RestoreOptions::new(),
             }
             .images_dir(dir);

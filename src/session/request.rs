@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::codec::RequestKind;
 use crate::conn::Answer;
 use crate::error::{Error, Refusal, RequestState, Result};
+use crate::kind::RequestKind;
 use crate::log;
 use crate::notify::Hooks;
 use crate::options::Prepared;

@@ -2,12 +2,12 @@
 
 use tracing::Instrument;
 
-use crate::codec::RequestKind;
+use super::{Mode, Session, pre_dump_outcome};
 use crate::error::Result;
+use crate::kind::RequestKind;
 use crate::notify::{Hooks, NoHooks};
 use crate::options::{DumpOptions, PreDumpOptions, Prepared};
 use crate::outcome::{DumpOutcome, PreDumpOutcome};
-use crate::session::{Mode, Session, pre_dump_outcome};
 
 /// The pre-dump loop on one criu process: any number of pre-dumps, then one dump.
 /// The types allow nothing else, which is all criu accepts.

@@ -11,20 +11,24 @@ use std::time::Duration;
 use tokio_seqpacket::UnixSeqpacket;
 use tracing::Instrument;
 
-use crate::codec::RequestKind;
 use crate::conn::{Answer, Conn};
 use crate::error::{Error, Result};
 use crate::info::{Features, Version};
+use crate::kind::RequestKind;
 use crate::notify::{Hooks, NoHooks};
 use crate::options::{
     CheckOptions, DumpOptions, PageServerOptions, PreDumpOptions, Prepared, RestoreOptions,
 };
 use crate::outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
-use crate::pre_dump_loop::PreDumpLoop;
 use crate::proto::CriuReq;
-use crate::request::Limits;
 use crate::spawn::Supervised;
 use crate::stats;
+use request::Limits;
+
+mod pre_dump_loop;
+mod request;
+
+pub use pre_dump_loop::PreDumpLoop;
 
 /// How long criu gets, once a request is interrupted after criu seized its target, to
 /// reach its next hook and finish rolling back (or, past the commit point, to finish)
