@@ -3,6 +3,7 @@
 
 pub mod fixtures;
 pub mod net;
+pub mod runc;
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
