@@ -17,7 +17,11 @@
 //!   ones are re-created, with their limits);
 //! * the console: `orphan_pts_master`, so that a terminal container's restore hands
 //!   the new console master back;
-//! * the init's stdio: recorded at dump, so that a restore can give it new pipes.
+//! * the init's stdio: recorded at dump, so that a restore can give it new pipes;
+//! * the container's own network namespace is restored empty (`empty_ns`), as runc
+//!   does: its devices are the runtime's to set up (CNI), not criu's; and criu's
+//!   configuration file is the one the bundle's `org.criu.config` annotation names,
+//!   else `/etc/criu/runc.conf` when it exists, as runc does.
 //!
 //! What cannot be derived, or what criu cannot do (a mount of a file system criu does
 //! not know, a cgroup namespace joined by path), is an error naming the mount or the
@@ -86,6 +90,22 @@ const CRIU_FILESYSTEMS: &[&str] = &[
     "overlay",
     "autofs",
 ];
+
+/// The devices runc (libcontainer) creates in every container besides those the
+/// spec lists: external when runc bind-mounts them (in a user namespace).
+const DEFAULT_DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/random",
+    "/dev/full",
+    "/dev/tty",
+    "/dev/zero",
+    "/dev/urandom",
+];
+
+/// runc's annotation naming a criu configuration file for the container (empty: none).
+const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
+/// The file runc has criu read when the annotation is absent.
+const RUNC_CRIU_CONFIG: &str = "/etc/criu/runc.conf";
 
 /// A running container to checkpoint: its bundle, its `config.json`, its init's pid.
 #[derive(Debug, Clone)]
@@ -214,6 +234,12 @@ impl Container {
         let mut opts = DumpOptions::new(self.pid)
             .manage_cgroups(CgroupMode::Soft)
             .orphan_pts_master(true);
+        if let Some(config) = criu_config(&self.spec) {
+            opts = opts.config_file(config);
+        }
+        if owns_net_namespace(&self.spec) {
+            opts = opts.empty_ns(nix::libc::CLONE_NEWNET as u32);
+        }
         if !on_path("iptables-restore") {
             // criu's default lock runs iptables-restore for the container's own net
             // namespace; libnftables needs no binary.
@@ -366,6 +392,9 @@ impl ContainerRestore {
             .manage_cgroups(CgroupMode::Soft)
             .orphan_pts_master(true)
             .evasive_devices(true);
+        if let Some(config) = criu_config(&spec) {
+            opts = opts.config_file(config);
+        }
         for (dest, source) in bind_mounts(&spec) {
             opts = opts.ext_mount(dest, source);
         }
@@ -553,14 +582,46 @@ fn masked_files(spec: &Spec, pid: i32) -> Vec<String> {
         .collect()
 }
 
+/// The devices of the container: runc's defaults and the spec's own.
 fn devices(spec: &Spec) -> Vec<String> {
-    spec.linux()
+    let mut out: Vec<String> = DEFAULT_DEVICES.iter().map(|d| (*d).to_owned()).collect();
+    for d in spec
+        .linux()
         .as_ref()
         .and_then(|l| l.devices().clone())
         .unwrap_or_default()
+    {
+        let path = d.path().display().to_string();
+        if !out.contains(&path) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The criu configuration file for the container, as runc picks it.
+fn criu_config(spec: &Spec) -> Option<String> {
+    match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(CRIU_CONFIG_ANNOTATION))
+    {
+        Some(path) if path.is_empty() => None,
+        Some(path) => Some(path.clone()),
+        None => Path::new(RUNC_CRIU_CONFIG)
+            .exists()
+            .then(|| RUNC_CRIU_CONFIG.to_owned()),
+    }
+}
+
+/// The container gets a network namespace of its own (not one joined by path).
+fn owns_net_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
         .iter()
-        .map(|d| d.path().display().to_string())
-        .collect()
+        .any(|ns| ns.typ() == LinuxNamespaceType::Network && ns.path().is_none())
 }
 
 /// Namespaces the container joins by path.

@@ -700,3 +700,182 @@ fn a_workload_in_cgroups_comes_back_into_them_through_the_cli() {
     freezer.remove().unwrap();
     memory.remove().unwrap();
 }
+
+/// The counter a runc fixture container writes into its volume.
+fn volume_counter(volume: &Path) -> Option<u64> {
+    let line = std::fs::read_to_string(volume.join(common::runc::COUNTER_FILE)).ok()?;
+    criu_swrk::workload::parse_tick(&line)
+}
+
+/// Waits up to 5 s for the volume's counter to pass `than`.
+fn counts_past(volume: &Path, than: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if volume_counter(volume).is_some_and(|n| n > than) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[tokio::test]
+async fn six_containers_dumped_and_restored_three_at_a_time() {
+    use common::runc::{Bundle, BundleSpec, Container, default_loop, unique_id};
+    let Some(env) = common::env() else { return };
+    let mut containers = Vec::new();
+    for i in 0..6 {
+        let volume = env.subdir(&format!("volume-{i}"));
+        let spec = BundleSpec {
+            volume: Some(volume.clone()),
+            args: Some(default_loop(true, false)),
+            ..Default::default()
+        };
+        let bundle = Bundle::build(&env.subdir(&format!("bundle-{i}")), spec);
+        let id = unique_id(&format!("six-{i}"));
+        let container = Container::run(&bundle, &id);
+        containers.push((id, volume, container));
+    }
+    for (_, volume, _) in &containers {
+        assert!(counts_past(volume, 0), "container counting");
+    }
+    let root = env.dir.path().join("images");
+    let mut args = vec![
+        "--json".to_owned(),
+        "dump-many".into(),
+        "--jobs".into(),
+        "3".into(),
+    ];
+    args.extend(["--images-root".into(), root.display().to_string()]);
+    for (id, _, _) in &containers {
+        args.extend(["--runc".into(), id.clone()]);
+    }
+    let out = cli(&args);
+    assert_exit(&out, 0);
+    let lines = json_by_target(&out);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let mut last = Vec::new();
+    for (id, volume, _) in &containers {
+        assert_eq!(lines[id]["ok"], true, "{}", lines[id]);
+        let _ = Command::new("runc").args(["delete", "-f", id]).output();
+        last.push(volume_counter(volume).unwrap());
+    }
+
+    let mut args = vec![
+        "--json".to_owned(),
+        "restore-many".into(),
+        "--jobs".into(),
+        "3".into(),
+    ];
+    args.extend(
+        containers
+            .iter()
+            .map(|(id, _, _)| root.join(id).display().to_string()),
+    );
+    let out = cli(&args);
+    assert_exit(&out, 0);
+    let lines = json_by_target(&out);
+    let mut restored = Vec::new();
+    for ((id, volume, _), before) in containers.iter().zip(&last) {
+        let line = &lines[&root.join(id).display().to_string()];
+        assert_eq!(line["ok"], true, "{line}");
+        let pid = line["pid"].as_i64().unwrap() as i32;
+        restored.push(common::fixtures::RestoredTree { pid });
+        assert_eq!(common::ns_pids(pid).last().copied(), Some(1));
+        assert!(counts_past(volume, *before), "{id} counts on from {before}");
+    }
+    drop(restored);
+    common::reap_orphaned_criu().await;
+    for (id, _, _) in &containers {
+        for c in [
+            "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "pids", "systemd",
+        ] {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}/{id}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_container_dumped_from_its_bundle_comes_back_with_restore_bundle() {
+    use common::runc::{Bundle, BundleSpec, Container, default_loop, unique_id};
+    let Some(env) = common::env() else { return };
+    let volume = env.subdir("volume");
+    let spec = BundleSpec {
+        volume: Some(volume.clone()),
+        args: Some(default_loop(true, false)),
+        ..Default::default()
+    };
+    let bundle = Bundle::build(&env.subdir("bundle"), spec);
+    let id = unique_id("cli-bundle");
+    let container = Container::run(&bundle, &id);
+    assert!(counts_past(&volume, 0));
+    let images = env.dir.path().join("images");
+    let (pid, dir) = (container.pid().to_string(), images.display().to_string());
+    let bundle_dir = bundle.dir.display().to_string();
+    let out = cli([
+        "dump",
+        "--bundle",
+        &bundle_dir,
+        "--pid",
+        &pid,
+        "--images-dir",
+        &dir,
+    ]);
+    assert_exit(&out, 0);
+    let _ = Command::new("runc").args(["delete", "-f", &id]).output();
+    let before = volume_counter(&volume).unwrap();
+    let out = cli([
+        "--json",
+        "restore",
+        "--bundle",
+        &bundle_dir,
+        "--images-dir",
+        &dir,
+    ]);
+    assert_exit(&out, 0);
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = line["pid"].as_i64().unwrap() as i32;
+    let _restored = common::fixtures::RestoredTree { pid };
+    assert!(counts_past(&volume, before));
+    assert_eq!(common::ns_pids(pid).last().copied(), Some(1));
+    drop(_restored);
+    for c in [
+        "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "pids", "systemd",
+    ] {
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}/{id}"));
+    }
+}
+
+#[tokio::test]
+async fn a_container_with_a_ramfs_mount_is_refused_by_the_cli_and_runs_on() {
+    use common::runc::{Bundle, BundleSpec, Container, default_loop, unique_id};
+    let Some(env) = common::env() else { return };
+    let volume = env.subdir("volume");
+    let spec = BundleSpec {
+        volume: Some(volume.clone()),
+        args: Some(default_loop(true, false)),
+        extra_mount: Some(serde_json::json!({
+            "destination": "/cache", "type": "ramfs", "source": "ramfs", "options": []
+        })),
+        ..Default::default()
+    };
+    let bundle = Bundle::build(&env.subdir("bundle"), spec);
+    let id = unique_id("cli-ramfs");
+    let container = Container::run(&bundle, &id);
+    assert!(counts_past(&volume, 0));
+    let images = env.dir.path().join("images");
+    let out = cli([
+        "dump",
+        "--runc",
+        &id,
+        "--images-dir",
+        &images.display().to_string(),
+    ]);
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mount /cache (type ramfs)"), "{stderr}");
+    assert!(!images.exists(), "nothing was written");
+    let now = volume_counter(&volume).unwrap();
+    assert!(counts_past(&volume, now), "the container runs on");
+    drop(container);
+}
