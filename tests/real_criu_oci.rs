@@ -64,21 +64,21 @@ async fn next_tick(reader: &mut TickReader) -> u64 {
 
 /// Removes the cgroup directories criu re-created for a restored container once it is
 /// gone (runc does not know it, so `runc delete` does not).
-struct Cgroups(String, Vec<String>);
+struct Cgroups(Vec<String>);
 
 impl Cgroups {
-    fn of(id: &str, pid: i32) -> Cgroups {
+    fn of(pid: i32) -> Cgroups {
         let paths = CONTROLLERS
             .iter()
             .filter_map(|c| Some(format!("/sys/fs/cgroup/{c}{}", cgroup_of(pid, listed(c))?)))
             .collect();
-        Cgroups(id.to_owned(), paths)
+        Cgroups(paths)
     }
 }
 
 impl Drop for Cgroups {
     fn drop(&mut self) {
-        for dir in &self.1 {
+        for dir in &self.0 {
             for _ in 0..50 {
                 if std::fs::remove_dir(dir).is_ok() || !Path::new(dir).exists() {
                     break;
@@ -129,7 +129,7 @@ async fn a_container_on_pipes_restored_from_its_bundle_counts_on_in_its_cgroups(
         .run(&env.criu)
         .await
         .unwrap_or_else(|e| panic!("restore: {e}"));
-    let _cgroups = Cgroups::of(&id, restored.pid);
+    let _cgroups = Cgroups::of(restored.pid);
     let _tree = RestoredTree { pid: restored.pid };
     let mut out = TickReader::new(OwnedFd::from(out_r));
     let first = next_tick(&mut out).await;
@@ -186,7 +186,7 @@ async fn a_volume_and_a_tmpfs_come_back_intact_and_writes_go_on() {
         .run(&env.criu)
         .await
         .unwrap_or_else(|e| panic!("restore: {e}"));
-    let _cgroups = Cgroups::of(&id, restored.pid);
+    let _cgroups = Cgroups::of(restored.pid);
     let _tree = RestoredTree { pid: restored.pid };
     assert_eq!(
         std::fs::read(volume.join("kept")).unwrap(),
@@ -234,7 +234,7 @@ async fn a_terminal_container_comes_back_with_its_console_handed_over() {
         .run(&env.criu)
         .await
         .unwrap_or_else(|e| panic!("restore: {e}"));
-    let _cgroups = Cgroups::of(&id, restored.pid);
+    let _cgroups = Cgroups::of(restored.pid);
     let _tree = RestoredTree { pid: restored.pid };
     let console = restored.console.expect("the console master, handed over");
     let mut out = TickReader::new(console);
