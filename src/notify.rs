@@ -159,7 +159,7 @@ pub enum Reply {
     /// string is what criu's `--external` takes).
     Externals(Vec<String>),
     /// Stop: criu fails the request and rolls back. The error is returned to the
-    /// caller of the request inside [`Error::Hook`].
+    /// caller of the request inside [`Error::Hook`](crate::Error::Hook).
     ///
     /// criu ignores failures of a few hooks (`network-unlock`, `post-resume`): the
     /// request then succeeds and the hook's error is only logged (a `tracing`

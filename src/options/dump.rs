@@ -99,7 +99,7 @@ impl DumpOptions {
 
     /// Do not dump the links, routes and rules of the tree's network namespace: the
     /// restore re-creates it empty (criu's `--empty-ns net`, read at dump in net.c;
-    /// restore with [`RestoreOptions::empty_ns`] too). `clone_flags` may hold only
+    /// restore with [`RestoreOptions::empty_ns`](crate::RestoreOptions::empty_ns) too). `clone_flags` may hold only
     /// `CLONE_NEWNET`.
     pub fn empty_ns(mut self, clone_flags: u32) -> Self {
         self.c.opts.empty_ns = Some(clone_flags);

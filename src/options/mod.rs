@@ -4,7 +4,7 @@
 //! pipe this crate reads, at criu's log level 2; notifications on, for the rollback
 //! points), and catches contradictions before criu is started. Every `criu_opts` field
 //! without a typed setter is still reachable through `raw`. A builder becomes a
-//! request plan ([`plan`]) when the request starts.
+//! request plan (`plan.rs`) when the request starts.
 
 use std::fs::File;
 use std::io;

@@ -11,7 +11,7 @@ use crate::proto::{CriuOpts, CriuPageServerInfo};
 use tokio_util::sync::CancellationToken;
 
 /// Options of a page server (`criu page-server`): it receives the memory pages of a
-/// dump sent with [`DumpOptions::page_server`] and writes them into its images
+/// dump sent with [`DumpOptions::page_server`](crate::DumpOptions::page_server) and writes them into its images
 /// directory.
 ///
 /// # Example

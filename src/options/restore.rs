@@ -96,7 +96,7 @@ impl RestoreOptions {
 
     /// Restore the tree's network namespace empty, with only the loopback device:
     /// its links, routes and rules are not restored (criu's `--empty-ns net`, read at
-    /// restore in cr-restore.c; a dump with [`DumpOptions::empty_ns`] skips dumping
+    /// restore in cr-restore.c; a dump with [`DumpOptions::empty_ns`](crate::DumpOptions::empty_ns) skips dumping
     /// them). `clone_flags` may hold only `CLONE_NEWNET`.
     pub fn empty_ns(mut self, clone_flags: u32) -> Self {
         self.c.opts.empty_ns = Some(clone_flags);

@@ -75,7 +75,7 @@ macro_rules! base_setters {
 
         /// Our own limit for the whole request. When it elapses the request is rolled
         /// back (criu answers its next hook with failure) and the call fails with
-        /// [`Error::Timeout`]. Not criu's `--timeout`: see `freeze_timeout`.
+        /// [`Error::Timeout`](crate::Error::Timeout). Not criu's `--timeout`: see `freeze_timeout`.
         pub fn timeout(mut self, timeout: Duration) -> Self {
             self.c.timeout = Some(timeout);
             self
@@ -83,7 +83,7 @@ macro_rules! base_setters {
 
         /// Cancels the request when `token` is cancelled: like a timeout, the request
         /// is rolled back (criu answers its next hook with failure) and the call fails
-        /// with [`Error::Cancelled`].
+        /// with [`Error::Cancelled`](crate::Error::Cancelled).
         pub fn cancel_on(mut self, token: CancellationToken) -> Self {
             self.c.cancel = Some(token);
             self

@@ -193,7 +193,7 @@ impl Session {
     ///
     /// # Errors
     /// [`Error::Refused`] when the check fails, with criu's reasons in
-    /// [`Refusal::log_errors`].
+    /// [`Refusal::log_errors`](crate::Refusal::log_errors).
     ///
     /// # Cancel safety
     /// Cancel safe: nothing is changed by a check; criu is reaped in the background.
@@ -217,12 +217,12 @@ impl Session {
     /// What a timeout or a cancel does depends on how far criu has got (see the
     /// crate docs, "Never losing the target"):
     /// * before `pre-dump` was answered criu has touched nothing: it is killed at once
-    ///   with its helpers ([`RequestState::Untouched`]);
+    ///   with its helpers ([`RequestState::Untouched`](crate::RequestState::Untouched));
     /// * between `pre-dump` and `post-dump` criu's next hook is answered with failure
-    ///   and criu resumes the tree, memory intact ([`RequestState::RolledBack`]). criu
+    ///   and criu resumes the tree, memory intact ([`RequestState::RolledBack`](crate::RequestState::RolledBack)). criu
     ///   has the grace period ([`Criu::grace`](crate::Criu::grace)) to get to that
     ///   hook; past it criu is killed and the tree may carry criu's parasite
-    ///   ([`RequestState::Unknown`]);
+    ///   ([`RequestState::Unknown`](crate::RequestState::Unknown));
     /// * once `post-dump` was answered with success the dump is committed: it is let
     ///   finish and its outcome is returned (images complete, the tree gone unless
     ///   `leave_running`).
@@ -241,7 +241,7 @@ impl Session {
     ///
     /// # Errors
     /// As [`dump`](Self::dump), plus [`Error::Hook`] when a hook answered
-    /// [`Reply::Fail`] (criu rolled back: the tree keeps running).
+    /// [`Reply::Fail`](crate::Reply::Fail) (criu rolled back: the tree keeps running).
     ///
     /// # Cancel safety
     /// As [`dump`](Self::dump). A hook future running at cancellation is dropped and
@@ -322,11 +322,11 @@ impl Session {
     ///
     /// # Cancel safety
     /// * Before `pre-restore` was answered nothing exists yet: criu is killed at once
-    ///   ([`RequestState::Untouched`]).
+    ///   ([`RequestState::Untouched`](crate::RequestState::Untouched)).
     /// * Between `pre-restore` and `post-restore` criu's next hook is answered with
-    ///   failure and criu kills what it restored ([`RequestState::RolledBack`]); past
+    ///   failure and criu kills what it restored ([`RequestState::RolledBack`](crate::RequestState::RolledBack)); past
     ///   the grace period criu is killed, and a partly restored tree may be left
-    ///   ([`RequestState::Unknown`], with its pid in the error when criu had sent it).
+    ///   ([`RequestState::Unknown`](crate::RequestState::Unknown), with its pid in the error when criu had sent it).
     /// * Once `post-restore` was answered the tree will run (criu ignores failures of
     ///   the later hooks): the restore is let finish and its outcome, with the pid, is
     ///   returned.
@@ -383,7 +383,7 @@ impl Session {
     /// criu sends no hook during a pre-dump, so there is no point at which to roll it
     /// back: a timeout or cancel lets criu finish (the tree runs on either way) and
     /// returns its outcome; past the grace period criu is killed
-    /// ([`RequestState::Unknown`]: the tree may carry criu's parasite).
+    /// ([`RequestState::Unknown`](crate::RequestState::Unknown): the tree may carry criu's parasite).
     ///
     /// # Drop behavior
     /// As for cancellation, in the background.

@@ -40,7 +40,7 @@ impl PreDumpLoop {
     ///
     /// # Errors
     /// As [`Session::dump`]. After a failed pre-dump criu has left the loop: further
-    /// calls fail with [`Error::Exited`].
+    /// calls fail with [`Error::Exited`](crate::Error::Exited).
     ///
     /// # Cancel safety
     /// Dropping the future rolls this pre-dump back and ends the loop.
@@ -51,7 +51,7 @@ impl PreDumpLoop {
     /// [`pre_dump`](Self::pre_dump) with hooks.
     ///
     /// # Errors
-    /// As [`pre_dump`](Self::pre_dump), plus [`Error::Hook`].
+    /// As [`pre_dump`](Self::pre_dump), plus [`Error::Hook`](crate::Error::Hook).
     ///
     /// # Cancel safety
     /// As [`pre_dump`](Self::pre_dump).
