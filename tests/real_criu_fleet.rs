@@ -189,7 +189,8 @@ async fn each_target_answers_its_own_hooks_and_a_veto_rolls_back_only_it() {
     match results[1].take().unwrap() {
         Err(e @ Error::Hook { .. }) => {
             assert!(e.to_string().contains("pre-dump"), "{e}");
-            assert!(e.to_string().contains("not now"), "{e}");
+            let source = std::error::Error::source(&e).expect("the hook's own error");
+            assert_eq!(source.to_string(), "not now");
         }
         other => panic!("target 1: expected its hook's veto, got {other:?}"),
     }
