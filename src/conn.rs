@@ -175,7 +175,7 @@ impl Conn {
                     if let (RequestKind::Restore, Notification::PostRestore { pid }) = (kind, &n) {
                         // criu's child, or ours (rst_sibling); a session over a foreign
                         // socket has only ours to check against.
-                        let mut parents = vec![std::process::id()];
+                        let mut parents = vec![std::process::id() as i32];
                         parents.extend(self.child.as_ref().and_then(Supervised::pid));
                         self.restored = Held::child_of(*pid, &parents);
                     }

@@ -10,7 +10,8 @@ use crate::error::Result;
 use crate::info::{Features, Version};
 use crate::notify::{Hooks, NoHooks};
 use crate::options::{
-    CheckOptions, DumpOptions, PageServerOptions, PreDumpOptions, Prepared, RestoreOptions,
+    CheckOptions, CpuinfoOptions, DumpOptions, PageServerOptions, PreDumpOptions, Prepared,
+    RestoreOptions,
 };
 use crate::outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
 use crate::session::{DEFAULT_GRACE, PreDumpLoop, Session};
@@ -171,19 +172,15 @@ impl Criu {
         f
     }
 
-    /// `criu check` with default options.
+    /// `criu check`: can criu checkpoint and restore on this kernel? (`CheckOptions::new()`
+    /// for criu's defaults.)
     ///
     /// # Errors
     /// As [`Session::check`], plus spawn errors.
-    pub async fn check(&self) -> Result<()> {
-        self.session()?.check(CheckOptions::new()).await
-    }
-
-    /// `criu check` with options (a work directory for the log, a log level).
     ///
-    /// # Errors
-    /// As [`Session::check`], plus spawn errors.
-    pub async fn check_with(&self, opts: CheckOptions) -> Result<()> {
+    /// # Cancel safety
+    /// Cancel safe: a check changes nothing; criu is stopped at once.
+    pub async fn check(&self, opts: CheckOptions) -> Result<()> {
         self.session()?.check(opts).await
     }
 
@@ -191,7 +188,7 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::cpuinfo_dump`], plus spawn errors.
-    pub async fn cpuinfo_dump(&self, opts: CheckOptions) -> Result<()> {
+    pub async fn cpuinfo_dump(&self, opts: CpuinfoOptions) -> Result<()> {
         self.session()?.cpuinfo_dump(opts).await
     }
 
@@ -200,7 +197,7 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::cpuinfo_check`], plus spawn errors.
-    pub async fn cpuinfo_check(&self, opts: CheckOptions) -> Result<()> {
+    pub async fn cpuinfo_check(&self, opts: CpuinfoOptions) -> Result<()> {
         self.session()?.cpuinfo_check(opts).await
     }
 
@@ -385,7 +382,7 @@ impl<O> Spawned<O> {
     }
 
     /// criu's pid.
-    pub fn criu_pid(&self) -> u32 {
+    pub fn criu_pid(&self) -> i32 {
         self.session
             .criu_pid()
             .expect("a spawned criu has a pid until it is reaped")

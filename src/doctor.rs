@@ -167,7 +167,7 @@ impl Criu {
             format!("criu {version} at {}", path.display()),
             None,
         );
-        match self.check().await {
+        match self.check(crate::options::CheckOptions::new()).await {
             Ok(()) => r.push("criu check", Status::Ok, "passed".into(), None),
             Err(e) => {
                 let fix = hint_of(&e);

@@ -67,7 +67,7 @@ pub enum Event<T> {
         /// The target's index.
         target: usize,
         /// The criu process serving it.
-        criu_pid: Option<u32>,
+        criu_pid: Option<i32>,
     },
     /// criu reached a hook for it.
     Hook {
@@ -338,7 +338,7 @@ pub(crate) struct Progress<T, H> {
 }
 
 impl<T, H> Progress<T, H> {
-    fn started(&self, criu_pid: Option<u32>) {
+    fn started(&self, criu_pid: Option<i32>) {
         let _ = self.tx.send(Event::Started {
             target: self.target,
             criu_pid,

@@ -215,7 +215,7 @@ impl LazyPages {
     }
 
     /// The daemon's pid.
-    pub fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().and_then(Supervised::pid)
     }
 

@@ -96,7 +96,7 @@ mod log;
 mod modes;
 pub mod notify;
 pub mod oci;
-pub mod options;
+mod options;
 mod outcome;
 mod preflight;
 mod process;
@@ -107,8 +107,6 @@ mod session;
 mod spawn;
 pub mod stats;
 mod transport;
-#[doc(hidden)]
-pub mod workload;
 
 pub use criu::{Criu, Spawned};
 pub use error::{BoxError, Error, Interruption, Refusal, RequestState, Result};
@@ -116,11 +114,10 @@ pub use info::{Features, Version};
 pub use kind::RequestKind;
 pub use notify::{Hooks, NoHooks, Notification, Reply};
 pub use options::{
-    CgroupMode, CheckOptions, DumpOptions, NetworkLock, PageServerOptions, PassFd, PreDumpMode,
-    PreDumpOptions, RestoreOptions,
+    CgroupMode, CheckOptions, CpuinfoOptions, DEFAULT_LOG_LEVEL, DumpOptions, NetworkLock,
+    PageServerOptions, PassFd, PreDumpMode, PreDumpOptions, RestoreOptions,
 };
 pub use outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
 pub use session::{DEFAULT_GRACE, PreDumpLoop, Session};
-pub use stats::{DumpStats, RestoreStats};
 /// Re-exported: cancels requests ([`DumpOptions::cancel_on`]) and batches.
 pub use tokio_util::sync::CancellationToken;

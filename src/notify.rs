@@ -132,8 +132,9 @@ impl Notification {
     }
 }
 
-/// The 14 hook names criu 4.2 sends, in criu's own table order.
-pub const HOOK_NAMES: [&str; 14] = [
+/// The hook names criu 4.2 sends, in criu's own table order. A slice, not an array:
+/// a later criu may add hooks.
+pub const HOOK_NAMES: &[&str] = &[
     "pre-stream",
     "pre-dump",
     "post-dump",

@@ -310,8 +310,8 @@ impl Child {
         }
     }
 
-    pub(crate) fn id(&self) -> u32 {
-        self.pid as u32
+    pub(crate) fn id(&self) -> i32 {
+        self.pid
     }
 
     /// Reaps the child if it has exited.
@@ -486,9 +486,8 @@ impl Held {
     /// Holds `pid` if it is a child of one of `parents` (criu, or us for a tree
     /// restored as our child): a restored root is, when criu names it. A pid that is
     /// not (a peer's mistake, or worse) is never held, so never killed.
-    pub(crate) fn child_of(pid: i32, parents: &[u32]) -> Option<Self> {
-        let parent_ok =
-            || parent_and_group(pid).is_some_and(|(ppid, _)| parents.contains(&(ppid as u32)));
+    pub(crate) fn child_of(pid: i32, parents: &[i32]) -> Option<Self> {
+        let parent_ok = || parent_and_group(pid).is_some_and(|(ppid, _)| parents.contains(&ppid));
         if pid <= 1 || !parent_ok() {
             return None;
         }

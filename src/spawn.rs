@@ -99,7 +99,7 @@ fn check_candidate(p: &Path, tried: &mut Vec<(PathBuf, String)>) -> Option<PathB
 #[derive(Debug)]
 pub(crate) struct Supervised {
     child: Child,
-    pid: Option<u32>,
+    pid: Option<i32>,
     stderr: StderrTail,
 }
 
@@ -165,7 +165,7 @@ pub(crate) fn spawn_criu(path: &Path, args: &[String], fds: Vec<OwnedFd>) -> Res
 
 impl Supervised {
     /// criu's pid, while it has not been reaped.
-    pub(crate) fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<i32> {
         self.pid
     }
 
@@ -228,7 +228,7 @@ pub(crate) struct StderrTail {
 }
 
 impl StderrTail {
-    fn start(stderr: Option<Receiver>, pid: u32) -> Self {
+    fn start(stderr: Option<Receiver>, pid: i32) -> Self {
         let tail = StderrTail {
             buf: Arc::default(),
             errors: Arc::default(),

@@ -23,8 +23,8 @@ use criu_swrk::proto::{
     CriuFeatures, CriuReq, CriuReqType, CriuResp, DumpStatsEntry, RestoreStatsEntry, StatsEntry,
 };
 use criu_swrk::{
-    CheckOptions, DumpOptions, Error, Hooks, Notification, PreDumpOptions, Reply, RequestKind,
-    RequestState, RestoreOptions, Session, Version,
+    CheckOptions, CpuinfoOptions, DumpOptions, Error, Hooks, Notification, PreDumpOptions, Reply,
+    RequestKind, RequestState, RestoreOptions, Session, Version,
 };
 
 mod fake;
@@ -463,14 +463,14 @@ async fn all_fourteen_hooks_arrive_in_order_with_their_variant_and_pid() {
         ("status-ready", "StatusReady"),
         ("query-ext-files", "QueryExtFiles"),
     ];
-    assert_eq!(HOOK_NAMES, VARIANTS.map(|(name, _)| name));
+    assert_eq!(HOOK_NAMES, VARIANTS.map(|(name, _)| name).as_slice());
     let with_pid = |name: &str| matches!(name, "setup-namespaces" | "post-restore");
 
     let (pipe_r, pipe_w) = std::io::pipe().unwrap();
     let dir = restore_images();
     let (session, peer) = fake(move |mut p| async move {
         p.expect(CriuReqType::Restore).await;
-        for name in HOOK_NAMES {
+        for &name in HOOK_NAMES {
             let pid = with_pid(name).then_some(RESTORED);
             if name == "orphan-pts-master" {
                 p.notify_with_fd(name, pid, pipe_w.as_fd()).await;
@@ -1610,7 +1610,7 @@ async fn cpuinfo_requests_carry_the_images_dir() {
             p.expect_closed().await;
             p
         });
-        let opts = CheckOptions::new().images_dir(dir.path());
+        let opts = CpuinfoOptions::new().images_dir(dir.path());
         let res = if check {
             within("cpuinfo check", session.cpuinfo_check(opts)).await
         } else {
@@ -1630,7 +1630,7 @@ async fn cpuinfo_requests_carry_the_images_dir() {
     }
     let err = within("cpuinfo without images", async {
         let (session, _peer) = fake(|p| async move { p });
-        session.cpuinfo_check(CheckOptions::new()).await
+        session.cpuinfo_check(CpuinfoOptions::new()).await
     })
     .await
     .unwrap_err();

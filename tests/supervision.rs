@@ -35,7 +35,7 @@ async fn bounded<F: std::future::Future>(fut: F) -> F::Output {
 }
 
 /// `(pid, state)` of every process in process group `pgid`.
-fn group(pgid: u32) -> Vec<(u32, char)> {
+fn group(pgid: i32) -> Vec<(u32, char)> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| {
@@ -44,7 +44,7 @@ fn group(pgid: u32) -> Vec<(u32, char)> {
             let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
             let state = rest.next()?.chars().next()?;
             let _ppid = rest.next()?;
-            let pgrp: u32 = rest.next()?.parse().ok()?;
+            let pgrp: i32 = rest.next()?.parse().ok()?;
             (pgrp == pgid).then_some((pid, state))
         })
         .collect()
@@ -67,7 +67,7 @@ fn our_zombies() -> Vec<u32> {
 }
 
 /// Waits up to 2 s for group `pgid` to be empty; returns what is left.
-async fn group_gone(pgid: u32) -> Vec<(u32, char)> {
+async fn group_gone(pgid: i32) -> Vec<(u32, char)> {
     for _ in 0..200 {
         let left = group(pgid);
         if left.is_empty() {

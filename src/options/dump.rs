@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 /// # let _ = opts;
 /// ```
 #[derive(Debug)]
+#[must_use = "options do nothing until a request takes them"]
 pub struct DumpOptions {
     c: Common,
 }
@@ -43,11 +44,6 @@ impl DumpOptions {
     /// The pid to dump.
     pub fn pid(&self) -> i32 {
         self.c.pid.unwrap_or_default()
-    }
-
-    /// Our timeout, when set.
-    pub fn get_timeout(&self) -> Option<Duration> {
-        self.c.timeout
     }
 
     base_setters!();

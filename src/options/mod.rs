@@ -24,7 +24,7 @@ mod restore;
 mod tests;
 
 pub use crate::modes::{CgroupMode, NetworkLock, PreDumpMode};
-pub use check::CheckOptions;
+pub use check::{CheckOptions, CpuinfoOptions};
 pub use dump::DumpOptions;
 pub use page_server::PageServerOptions;
 pub(crate) use plan::Prepared;

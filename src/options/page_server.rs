@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 ///
 /// # Example
 /// ```
-/// use criu_swrk::options::PageServerOptions;
+/// use criu_swrk::PageServerOptions;
 ///
 /// // Listen on loopback; port 0 lets criu pick one (reported back).
 /// let opts = PageServerOptions::new()
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 /// # let _ = opts;
 /// ```
 #[derive(Debug, Default)]
+#[must_use = "options do nothing until a request takes them"]
 pub struct PageServerOptions {
     c: Common,
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// Each iteration writes to its own images directory; the next one names it with
 /// [`parent_images`](Self::parent_images).
 #[derive(Debug)]
+#[must_use = "options do nothing until a request takes them"]
 pub struct PreDumpOptions {
     c: Common,
 }

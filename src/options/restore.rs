@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 /// # let _ = opts;
 /// ```
 #[derive(Debug, Default)]
+#[must_use = "options do nothing until a request takes them"]
 pub struct RestoreOptions {
     c: Common,
 }

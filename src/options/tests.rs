@@ -181,7 +181,7 @@ fn defaults_and_fd_plan() {
             Some("page-server.log"),
         ),
         (
-            CheckOptions::new()
+            CpuinfoOptions::new()
                 .images_dir(dir.path())
                 .prepare(RequestKind::CpuinfoDump),
             Some("cpuinfo.log"),
@@ -576,9 +576,13 @@ fn every_option_round_trips_through_the_encoder() {
     });
 
     // Check.
-    let chk = |b: CheckOptions| b.prepare(RequestKind::Check);
+    let chk = |b: CheckOptions| b.prepare();
     base_rows!(CheckOptions::new().images_dir(d), chk);
-    row!(CheckOptions::new().images_dir(d), chk; cpu_cap(0x3) => |o, p| {
+
+    // Cpuinfo.
+    let cpu = |b: CpuinfoOptions| b.prepare(RequestKind::CpuinfoCheck);
+    base_rows!(CpuinfoOptions::new().images_dir(d), cpu);
+    row!(CpuinfoOptions::new().images_dir(d), cpu; cpu_cap(0x3) => |o, p| {
         assert_eq!(o.cpu_cap, Some(3));
     });
 

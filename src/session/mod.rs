@@ -17,7 +17,8 @@ use crate::info::{Features, Version};
 use crate::kind::RequestKind;
 use crate::notify::{Hooks, NoHooks};
 use crate::options::{
-    CheckOptions, DumpOptions, PageServerOptions, PreDumpOptions, Prepared, RestoreOptions,
+    CheckOptions, CpuinfoOptions, DumpOptions, PageServerOptions, PreDumpOptions, Prepared,
+    RestoreOptions,
 };
 use crate::outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
 use crate::proto::CriuReq;
@@ -127,7 +128,7 @@ impl Session {
     }
 
     /// criu's pid, while this session supervises one.
-    pub fn criu_pid(&self) -> Option<u32> {
+    pub fn criu_pid(&self) -> Option<i32> {
         self.conn.child.as_ref().and_then(Supervised::pid)
     }
 
@@ -198,7 +199,7 @@ impl Session {
     /// # Cancel safety
     /// Cancel safe: nothing is changed by a check; criu is reaped in the background.
     pub async fn check(self, opts: CheckOptions) -> Result<()> {
-        let p = opts.prepare(RequestKind::Check)?;
+        let p = opts.prepare()?;
         self.one_shot(p, &mut NoHooks).await.map(drop)
     }
 
@@ -605,7 +606,7 @@ impl Session {
     ///
     /// # Cancel safety
     /// Cancel safe.
-    pub async fn cpuinfo_dump(self, opts: CheckOptions) -> Result<()> {
+    pub async fn cpuinfo_dump(self, opts: CpuinfoOptions) -> Result<()> {
         let p = opts.prepare(RequestKind::CpuinfoDump)?;
         self.one_shot(p, &mut NoHooks).await.map(drop)
     }
@@ -618,7 +619,7 @@ impl Session {
     ///
     /// # Cancel safety
     /// Cancel safe.
-    pub async fn cpuinfo_check(self, opts: CheckOptions) -> Result<()> {
+    pub async fn cpuinfo_check(self, opts: CpuinfoOptions) -> Result<()> {
         let p = opts.prepare(RequestKind::CpuinfoCheck)?;
         self.one_shot(p, &mut NoHooks).await.map(drop)
     }

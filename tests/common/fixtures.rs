@@ -163,7 +163,7 @@ impl NsTree {
             "unshare should report its killed child: {status}"
         );
         let _ = waitpid(Pid::from_raw(self.pid), None);
-        assert!(!exists(self.pid as u32), "init {} still exists", self.pid);
+        assert!(!exists(self.pid), "init {} still exists", self.pid);
     }
 }
 

@@ -494,7 +494,7 @@ pub struct ShellJob {
     pub pid: i32,
     /// The shell: session leader of the workload.
     pub leader: i32,
-    pub info: criu_swrk::workload::Info,
+    pub info: super::workload::Info,
 }
 
 impl super::Env {
@@ -507,14 +507,14 @@ impl super::Env {
         cmd.args([
             "-c",
             r#""$0" "$@" & wait; exec sleep 600"#,
-            super::WORKLOAD,
+            super::WORKLOAD.as_str(),
             &mib.to_string(),
             info_path.to_str().unwrap(),
         ]);
         let shell = Server::start(cmd);
         let deadline = Instant::now() + Duration::from_secs(30);
         let info = loop {
-            if let Ok(info) = criu_swrk::workload::read_info(&info_path) {
+            if let Ok(info) = super::workload::read_info(&info_path) {
                 break info;
             }
             assert!(Instant::now() < deadline, "the shell job did not start");
@@ -528,7 +528,7 @@ impl super::Env {
             shell,
             info,
         };
-        criu_swrk::workload::assert_alive_and_intact(job.pid, &job.info)
+        super::workload::assert_alive_and_intact(job.pid, &job.info)
             .unwrap_or_else(|e| panic!("shell job {}: {e}", job.pid));
         job
     }
@@ -538,7 +538,7 @@ impl ShellJob {
     /// Waits until the shell has reaped its dumped (killed) workload.
     pub fn wait_reaped(&self) {
         let deadline = Instant::now() + SETTLE;
-        while super::exists(self.pid as u32) {
+        while super::exists(self.pid) {
             assert!(
                 Instant::now() < deadline,
                 "the shell did not reap its workload {}",
@@ -558,7 +558,7 @@ impl Drop for ShellJob {
         // The workload first, while the shell still reaps it.
         let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
         let deadline = Instant::now() + SETTLE;
-        while super::exists(self.pid as u32) && Instant::now() < deadline {
+        while super::exists(self.pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }

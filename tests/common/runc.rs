@@ -202,11 +202,8 @@ pub fn runc_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(!ci, "runc tests cannot run in CI: runc is missing");
-        eprintln!("SKIPPED (runc needed): runc is missing");
-    }
+    // These tests run only when asked for (--include-ignored): missing runc fails them.
+    assert!(ok, "runc is missing: scripts/install-deps installs it");
     ok
 }
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use criu_swrk::workload::{self, Info};
+use crate::workload::{self, Info};
 use criu_swrk::{Criu, DumpOptions, Notification, Reply, RestoreOptions};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;

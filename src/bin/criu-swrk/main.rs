@@ -31,6 +31,8 @@ mod console;
 mod demo;
 mod progress;
 mod report;
+#[allow(dead_code)] // Shared with the tests, which use more of it.
+mod workload;
 
 use args::{CgroupArg, Cli, Command, DumpCommon, Limits, LockArg, RestoreCommon, TreeArgs};
 use batch::Target;
@@ -39,7 +41,7 @@ use report::Printer;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Workload { mib, info_file } = &cli.command {
-        criu_swrk::workload::run(*mib, info_file);
+        workload::run(*mib, info_file);
     }
     init_tracing(cli.verbose);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -512,7 +514,7 @@ async fn ask(criu: &Criu, path: &Path, query: Query) -> criu_swrk::Result<(Value
             (value, human)
         }
         Query::Check => {
-            criu.check().await?;
+            criu.check(criu_swrk::CheckOptions::new()).await?;
             (json!({}), format!("criu check passed ({})", path.display()))
         }
     })

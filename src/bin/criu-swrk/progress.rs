@@ -43,7 +43,7 @@ impl Progress {
     }
 
     /// Target `index` (named `name`) got its criu.
-    pub fn started(&mut self, index: usize, name: &str, criu_pid: Option<u32>) {
+    pub fn started(&mut self, index: usize, name: &str, criu_pid: Option<i32>) {
         let criu = criu_pid
             .map(|p| format!(" (criu pid {p})"))
             .unwrap_or_default();

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use criu_swrk::{DumpOutcome, DumpStats, RestoreOutcome, RestoreStats};
+use criu_swrk::stats::{DumpStats, RestoreStats};
+use criu_swrk::{DumpOutcome, RestoreOutcome};
 use serde_json::{Value, json};
 
 /// An error and its sources, each named once (the library's errors do not repeat

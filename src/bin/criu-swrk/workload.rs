@@ -1,5 +1,7 @@
 //! A sample workload for the demo and the tests, and the means to check its memory
-//! from outside. Not part of the API.
+//! from outside. Not part of the library: the CLI's demo runs it (`criu-swrk
+//! workload`, hidden), the tests run it as the `workload` example, and both include
+//! this one file.
 //!
 //! The workload fills a buffer with random bytes, writes where the buffer and a
 //! progress counter live (and the buffer's checksum) to an info file, then counts up
