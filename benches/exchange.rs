@@ -75,7 +75,7 @@ fn exchange(c: &mut Criterion) {
             rt.block_on(async {
                 let (ours, theirs) = UnixSeqpacket::pair().unwrap();
                 tokio::spawn(version_peer(theirs));
-                let mut session = Session::from_socket(ours);
+                let mut session = Session::from_fd(ours.into()).expect("a seqpacket socket");
                 let start = Instant::now();
                 for _ in 0..iters {
                     session.version().await.unwrap();
@@ -94,7 +94,8 @@ fn exchange(c: &mut Criterion) {
                 async move {
                     let (ours, theirs) = UnixSeqpacket::pair().unwrap();
                     let peer = tokio::spawn(dump_peer(theirs));
-                    let out = Session::from_socket(ours)
+                    let out = Session::from_fd(ours.into())
+                        .expect("a seqpacket socket")
                         .dump(DumpOptions::new(999_999).images_dir(dir))
                         .await
                         .unwrap();

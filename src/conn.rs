@@ -79,13 +79,9 @@ impl Conn {
     }
 
     pub(crate) fn transport(&self, kind: RequestKind) -> Result<&Transport> {
-        self.transport.as_ref().ok_or(Error::Exited {
-            request: kind,
-            status: None,
-            stderr: "the session was closed by an earlier failure".into(),
-            log_errors: Vec::new(),
-            at: Interruption::untouched(),
-        })
+        self.transport
+            .as_ref()
+            .ok_or(Error::Closed { request: kind })
     }
 
     /// A request was sent and criu has neither answered it nor gone away.

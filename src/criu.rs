@@ -1,5 +1,6 @@
 //! [`Criu`]: which criu to run and how, and one-call requests that start a criu each.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +47,7 @@ use crate::spawn;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
+#[must_use = "a Criu does nothing until a request is made"]
 pub struct Criu {
     path: Option<PathBuf>,
     /// Where the search found criu, shared by clones: a fleet spawns criu per target
@@ -53,6 +55,18 @@ pub struct Criu {
     found: Arc<Mutex<Option<PathBuf>>>,
     grace: Duration,
     timeout: Option<Duration>,
+    /// Where sessions come from instead of a spawned criu ([`Criu::connect_with`]).
+    connect: Option<Connector>,
+}
+
+/// Makes connections to a criu peer for [`Criu::connect_with`].
+#[derive(Clone)]
+struct Connector(Arc<dyn Fn() -> std::io::Result<OwnedFd> + Send + Sync>);
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector")
+    }
 }
 
 impl Default for Criu {
@@ -62,6 +76,7 @@ impl Default for Criu {
             found: Arc::default(),
             grace: DEFAULT_GRACE,
             timeout: None,
+            connect: None,
         }
     }
 }
@@ -78,6 +93,38 @@ impl Criu {
         self.path = Some(path.into());
         self.found = Arc::default();
         self
+    }
+
+    /// Requests reach criu through `connect` instead of starting it: each request (a
+    /// session, a fleet's target) calls it for a connected Unix `SOCK_SEQPACKET`
+    /// socket whose peer speaks criu's swrk protocol, and the session runs over it as
+    /// [`Session::from_fd`] does: no process supervised here, and fds meant for criu's
+    /// table (`inherit_fd`, `page_server_fd`) closed rather than passed. For a criu
+    /// that something else starts (in another namespace, under another supervisor),
+    /// and for running code that takes a `Criu` (a [`Fleet`](crate::fleet::Fleet))
+    /// against a fake peer. The lazy-pages daemon is still started from the binary.
+    ///
+    /// # Example
+    /// ```
+    /// use std::os::fd::OwnedFd;
+    /// use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    ///
+    /// let criu = criu_swrk::Criu::connect_with(|| {
+    ///     let (ours, criu_end): (OwnedFd, OwnedFd) =
+    ///         socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+    ///     // Hand criu_end to a criu started elsewhere, e.g. over a Unix socket.
+    ///     # drop(criu_end);
+    ///     Ok(ours)
+    /// });
+    /// ```
+    pub fn connect_with<F>(connect: F) -> Self
+    where
+        F: Fn() -> std::io::Result<OwnedFd> + Send + Sync + 'static,
+    {
+        Criu {
+            connect: Some(Connector(Arc::new(connect))),
+            ..Criu::default()
+        }
     }
 
     /// How long criu gets, once a request was interrupted after criu seized its
@@ -117,13 +164,23 @@ impl Criu {
     }
 
     /// Starts `criu args...` with `fds` at 3, 4, ..., forgetting the binary if that fails.
-    pub(crate) fn spawn(
-        &self,
-        args: &[String],
-        fds: Vec<std::os::fd::OwnedFd>,
-    ) -> Result<spawn::Supervised> {
+    pub(crate) fn spawn(&self, args: &[String], fds: Vec<OwnedFd>) -> Result<spawn::Supervised> {
         let path = self.binary()?;
         spawn::spawn_criu(&path, args, fds).inspect_err(|_| self.forget_binary())
+    }
+
+    /// `spawn_*` hand out criu's pid and fill its fd table: neither exists for a
+    /// criu reached through [`connect_with`](Self::connect_with).
+    fn refuse_connected(&self, what: &str) -> Result<()> {
+        match self.connect {
+            Some(_) => Err(crate::Error::Unsupported {
+                what: what.into(),
+                reason: "this Criu connects to a criu started elsewhere (connect_with): \
+                         there is no criu process here to start early"
+                    .into(),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn forget_binary(&self) {
@@ -138,7 +195,15 @@ impl Criu {
         self.spawn_for(Vec::new())
     }
 
-    fn spawn_for(&self, passed: Vec<std::os::fd::OwnedFd>) -> Result<Session> {
+    fn spawn_for(&self, passed: Vec<OwnedFd>) -> Result<Session> {
+        if let Some(Connector(connect)) = &self.connect {
+            drop(passed);
+            let fd = connect().map_err(|e| crate::Error::io("connecting to criu", e))?;
+            let mut session = Session::from_fd(fd)?;
+            session.set_grace(self.grace);
+            session.set_default_timeout(self.timeout);
+            return Ok(session);
+        }
         let path = self.binary()?;
         let n = passed.len();
         let (child, sock) = spawn::spawn(&path, passed).inspect_err(|_| self.forget_binary())?;
@@ -253,12 +318,15 @@ impl Criu {
     /// the request with [`Spawned::run`].
     ///
     /// # Errors
-    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions), spawn errors.
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions), spawn errors;
+    /// [`Error::Unsupported`](crate::Error::Unsupported) for a `Criu` made by
+    /// [`connect_with`](Self::connect_with).
     ///
     /// # Drop behavior
     /// Dropping the [`Spawned`] unsent closes criu, which exits; it is reaped in the
     /// background.
     pub fn spawn_dump(&self, opts: DumpOptions) -> Result<Spawned<DumpOutcome>> {
+        self.refuse_connected("spawn_dump")?;
         let mut p = opts.prepare()?;
         let session = self.session_for(&mut p)?;
         Ok(Spawned::new(session, p))
@@ -291,6 +359,7 @@ impl Criu {
     /// # Drop behavior
     /// As [`spawn_dump`](Self::spawn_dump).
     pub fn spawn_restore(&self, opts: RestoreOptions) -> Result<Spawned<RestoreOutcome>> {
+        self.refuse_connected("spawn_restore")?;
         let mut p = opts.prepare()?;
         let session = self.session_for(&mut p)?;
         Ok(Spawned::new(session, p))

@@ -111,6 +111,43 @@ pub enum Error {
         at: Interruption,
     },
 
+    /// The session can take no further request: an earlier request ended it (criu
+    /// exits after answering one) or failed and closed it.
+    #[error(
+        "the session is closed: an earlier request ended it; start a new one for the {request}"
+    )]
+    Closed {
+        /// The request that was refused.
+        request: RequestKind,
+    },
+
+    /// A criu daemon this crate started (the lazy-pages daemon) did not become ready,
+    /// or ended with a failure; its log's error lines say why.
+    #[error("criu's {daemon} daemon {failure}{}", display_causes(.log_errors, ""))]
+    Daemon {
+        /// Which daemon (`lazy-pages`).
+        daemon: &'static str,
+        /// What went wrong with it.
+        failure: DaemonFailure,
+        /// The daemon's log file.
+        log_path: Option<PathBuf>,
+        /// The error lines of that log, known-harmless ones skipped.
+        log_errors: Vec<String>,
+    },
+
+    /// criu's stats file for a request that went through is missing or malformed:
+    /// the request's outcome stands, only its figures are unknown.
+    #[error("no criu stats{}: {reason}", display_path(.path))]
+    Stats {
+        /// The stats file, when there was a directory to read it from.
+        path: Option<PathBuf>,
+        /// What is wrong with it.
+        reason: String,
+        /// The read or decode error behind it.
+        #[source]
+        source: Option<BoxError>,
+    },
+
     /// The request needs something criu, the kernel or this machine does not offer.
     #[error("unsupported: {what}: {reason}")]
     Unsupported {
@@ -166,6 +203,32 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+}
+
+/// What became of a criu daemon that failed ([`Error::Daemon`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DaemonFailure {
+    /// It exited before it said it was ready.
+    ExitedBeforeReady(Option<ExitStatus>),
+    /// It was not ready within this long; it was killed.
+    NotReady(Duration),
+    /// It exited with a failure (or was killed) while serving.
+    Failed(Option<ExitStatus>),
+}
+
+impl fmt::Display for DaemonFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonFailure::ExitedBeforeReady(s) => {
+                write!(f, "exited before it was ready{}", display_status(s))
+            }
+            DaemonFailure::NotReady(after) => {
+                write!(f, "was not ready after {after:?} and was killed")
+            }
+            DaemonFailure::Failed(s) => write!(f, "failed{}", display_status(s)),
+        }
+    }
 }
 
 /// criu's refusal of a request: what it said, and what its log said.
@@ -273,8 +336,13 @@ impl Error {
             Error::NotFound { .. }
             | Error::Spawn { .. }
             | Error::Unsupported { .. }
-            | Error::InvalidOptions { .. } => Some(RequestState::Untouched),
-            Error::Io { .. } | Error::Decode { .. } | Error::Protocol { .. } => None,
+            | Error::InvalidOptions { .. }
+            | Error::Closed { .. } => Some(RequestState::Untouched),
+            Error::Io { .. }
+            | Error::Decode { .. }
+            | Error::Protocol { .. }
+            | Error::Daemon { .. }
+            | Error::Stats { .. } => None,
         }
     }
 
@@ -483,6 +551,12 @@ fn display_causes(log_errors: &[String], stderr: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     let from = lines.len().saturating_sub(5);
     format!("\n  stderr: {}", lines[from..].join("\n          "))
+}
+
+fn display_path(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| format!(" in {}", p.display()))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ use crate::outcome::{DumpOutcome, RestoreOutcome};
 
 /// Runs requests for many targets concurrently, bounded.
 #[derive(Debug, Clone)]
+#[must_use = "a fleet does nothing until dump or restore is called"]
 pub struct Fleet {
     criu: Criu,
     jobs: usize,

@@ -32,8 +32,6 @@ pub enum RequestKind {
     FeatureCheck,
     /// `VERSION`: criu's version.
     Version,
-    /// `criu lazy-pages`: the post-copy daemon (a command, not an RPC request).
-    LazyPages,
 }
 
 impl RequestKind {
@@ -51,8 +49,6 @@ impl RequestKind {
             RequestKind::CpuinfoCheck => CriuReqType::CpuinfoCheck,
             RequestKind::FeatureCheck => CriuReqType::FeatureCheck,
             RequestKind::Version => CriuReqType::Version,
-            // Never sent: the daemon is a command line of its own.
-            RequestKind::LazyPages => CriuReqType::Empty,
         }
     }
 
@@ -87,7 +83,6 @@ impl fmt::Display for RequestKind {
             RequestKind::CpuinfoCheck => "cpuinfo check",
             RequestKind::FeatureCheck => "feature check",
             RequestKind::Version => "version",
-            RequestKind::LazyPages => "lazy-pages",
         })
     }
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::error::{Error, Refusal, Result};
+use crate::error::{DaemonFailure, Error, Result};
 use crate::spawn::{self, Supervised};
 
 /// How long the daemon gets to say it is ready, by default.
@@ -36,6 +36,7 @@ const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Options of a lazy-pages daemon.
 #[derive(Debug, Clone)]
+#[must_use = "options do nothing until a request takes them"]
 pub struct LazyPagesOptions {
     images_dir: PathBuf,
     work_dir: Option<PathBuf>,
@@ -80,7 +81,8 @@ impl LazyPagesOptions {
         self
     }
 
-    /// criu's log level (default 4).
+    /// criu's log level (default [`DEFAULT_LOG_LEVEL`](crate::DEFAULT_LOG_LEVEL), 2:
+    /// errors and warnings).
     pub fn log_level(mut self, level: u8) -> Self {
         self.log_level = level;
         self
@@ -167,8 +169,11 @@ impl crate::Criu {
     ///
     /// # Errors
     /// [`Error::InvalidOptions`] for missing directories or a bad log name;
-    /// [`Error::Refused`] when the daemon exits before it is ready, with its log lines;
-    /// [`Error::Timeout`] when it is not ready in time (it is killed then).
+    /// [`Error::Daemon`] when the daemon exits before it is ready
+    /// ([`DaemonFailure::ExitedBeforeReady`]) or is not ready within
+    /// [`ready_timeout`](LazyPagesOptions::ready_timeout) (it is killed then:
+    /// [`DaemonFailure::NotReady`]), with its log's error lines;
+    /// [`Error::NotFound`] / [`Error::Spawn`] when criu cannot be started.
     ///
     /// # Cancel safety
     /// Dropping the future kills and reaps the daemon.
@@ -191,17 +196,11 @@ impl crate::Criu {
             Ok(_) => {
                 // End of file: the daemon exited without becoming ready.
                 let status = daemon.take().wait().await;
-                Err(daemon.refusal(format!(
-                    "lazy-pages exited before it was ready ({status:?})"
-                )))
+                Err(daemon.failure(DaemonFailure::ExitedBeforeReady(status)))
             }
             Err(_) => {
                 daemon.take().finish(Duration::ZERO).await;
-                Err(Error::Timeout {
-                    request: crate::RequestKind::LazyPages,
-                    after: opts.ready_timeout,
-                    at: crate::error::Interruption::untouched(),
-                })
+                Err(daemon.failure(DaemonFailure::NotReady(opts.ready_timeout)))
             }
         }
     }
@@ -227,7 +226,8 @@ impl LazyPages {
     /// Waits until the daemon has delivered every page and exited; reaps it.
     ///
     /// # Errors
-    /// [`Error::Refused`] when it exits with a failure, with its log lines.
+    /// [`Error::Daemon`] ([`DaemonFailure::Failed`]) when it exits with a failure, with
+    /// its log's error lines.
     ///
     /// # Cancel safety
     /// Dropping the future kills the daemon (see the type's drop behavior).
@@ -235,7 +235,7 @@ impl LazyPages {
         let status = self.take().wait().await;
         match status {
             Some(s) if s.success() => Ok(s),
-            other => Err(self.refusal(format!("lazy-pages failed ({other:?})"))),
+            other => Err(self.failure(DaemonFailure::Failed(other))),
         }
     }
 
@@ -246,16 +246,13 @@ impl LazyPages {
         child.finish(Duration::from_secs(5)).await
     }
 
-    fn refusal(&self, message: String) -> Error {
-        Error::Refused(Box::new(Refusal {
-            request: crate::RequestKind::LazyPages,
-            pid: None,
-            errno: None,
-            message: Some(message),
+    fn failure(&self, failure: DaemonFailure) -> Error {
+        Error::Daemon {
+            daemon: "lazy-pages",
+            failure,
             log_path: Some(self.log.clone()),
             log_errors: crate::log::error_lines_of_file(&self.log),
-            stderr: String::new(),
-        }))
+        }
     }
 }
 

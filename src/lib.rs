@@ -9,7 +9,7 @@
 //!   [`restore`](Criu::restore), [`pre_dump`](Criu::pre_dump), [`check`](Criu::check),
 //!   [`version`](Criu::version), [`features`](Criu::features).
 //! * [`Session`]: one criu process, for several keep-open queries and the pre-dump loop
-//!   ([`PreDumpLoop`]); [`Session::from_socket`] is the seam for fake peers.
+//!   ([`PreDumpLoop`]); [`Session::from_fd`] and [`Criu::connect_with`] are the seams for fake peers.
 //! * [`DumpOptions`], [`RestoreOptions`], [`PreDumpOptions`], [`CheckOptions`]: typed
 //!   builders with criu's defaults and a raw escape hatch.
 //! * [`Notification`], [`Hooks`], [`Reply`], [`notify::channel`]: answer criu's hooks
@@ -109,7 +109,7 @@ pub mod stats;
 mod transport;
 
 pub use criu::{Criu, Spawned};
-pub use error::{BoxError, Error, Interruption, Refusal, RequestState, Result};
+pub use error::{BoxError, DaemonFailure, Error, Interruption, Refusal, RequestState, Result};
 pub use info::{Features, Version};
 pub use kind::RequestKind;
 pub use notify::{Hooks, NoHooks, Notification, Reply};

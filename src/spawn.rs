@@ -2,7 +2,8 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::os::fd::{OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -103,6 +104,35 @@ pub(crate) struct Supervised {
     stderr: StderrTail,
 }
 
+/// Our end of a connection to criu, non-blocking and registered with the runtime.
+/// Refuses anything but a Unix `SOCK_SEQPACKET` socket: criu's protocol is one
+/// message per datagram, which a stream socket would run together.
+pub(crate) fn register(fd: OwnedFd) -> Result<UnixSeqpacket> {
+    use nix::sys::socket::{UnixAddr, getsockname, getsockopt, sockopt};
+    let not_ours = |what: String| {
+        Error::io(
+            "taking the connection to criu",
+            io::Error::new(io::ErrorKind::InvalidInput, what),
+        )
+    };
+    match getsockopt(&fd, sockopt::SockType) {
+        Ok(SockType::SeqPacket) => {}
+        Ok(other) => return Err(not_ours(format!("a {other:?} socket, not SOCK_SEQPACKET"))),
+        Err(e) => return Err(not_ours(format!("not a socket ({e})"))),
+    }
+    if getsockname::<UnixAddr>(fd.as_raw_fd()).is_err() {
+        return Err(not_ours("not a Unix socket".into()));
+    }
+    let err = |e: nix::Error| Error::io("making the criu socket non-blocking", e.into());
+    let flags = fcntl(&fd, FcntlArg::F_GETFL).map_err(err)?;
+    fcntl(
+        &fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(err)?;
+    UnixSeqpacket::try_from(fd).map_err(|e| Error::io("registering the criu socket", e))
+}
+
 /// Starts `criu swrk 3` with our socket end at fd 3 and `passed` at fds 4, 5, ...
 pub(crate) fn spawn(path: &Path, passed: Vec<OwnedFd>) -> Result<(Supervised, UnixSeqpacket)> {
     let pair_err = |e: nix::Error| Error::io("creating the criu socketpair", e.into());
@@ -115,14 +145,7 @@ pub(crate) fn spawn(path: &Path, passed: Vec<OwnedFd>) -> Result<(Supervised, Un
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(pair_err)?;
-    let flags = fcntl(&ours, FcntlArg::F_GETFL).map_err(pair_err)?;
-    fcntl(
-        &ours,
-        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
-    )
-    .map_err(pair_err)?;
-    let ours =
-        UnixSeqpacket::try_from(ours).map_err(|e| Error::io("registering the criu socket", e))?;
+    let ours = register(ours)?;
 
     let mut fds = Vec::with_capacity(passed.len() + 1);
     fds.push(theirs);

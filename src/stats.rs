@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prost::Message;
 
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::proto::{DumpStatsEntry, RestoreStatsEntry, StatsEntry};
 
 const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
@@ -110,18 +110,15 @@ impl From<RestoreStatsEntry> for RestoreStats {
 /// Reads `stats-dump` from a work directory.
 ///
 /// # Errors
-/// [`Error::Io`] when the file cannot be read (criu writes it only after a successful
-/// dump), [`Error::Protocol`] / [`Error::Decode`] when it is truncated, not a stats
-/// image, or holds no dump entry.
+/// [`Error::Stats`] when the file cannot be read (criu writes it only after a
+/// successful dump), is truncated, is not a stats image, or holds no dump entry.
 pub fn read_dump_stats(work_dir: &Path) -> Result<DumpStats> {
     let path = work_dir.join(DUMP_STATS_FILE);
     let entry = read_entry(&path)?;
-    entry.dump.map(DumpStats::from).ok_or_else(|| {
-        Error::protocol(
-            format!("a dump entry in {}", path.display()),
-            "a stats image without one",
-        )
-    })
+    entry
+        .dump
+        .map(DumpStats::from)
+        .ok_or_else(|| stats_error(&path, "a stats image without a dump entry", None))
 }
 
 /// Reads `stats-restore` from a work directory.
@@ -131,61 +128,64 @@ pub fn read_dump_stats(work_dir: &Path) -> Result<DumpStats> {
 pub fn read_restore_stats(work_dir: &Path) -> Result<RestoreStats> {
     let path = work_dir.join(RESTORE_STATS_FILE);
     let entry = read_entry(&path)?;
-    entry.restore.map(RestoreStats::from).ok_or_else(|| {
-        Error::protocol(
-            format!("a restore entry in {}", path.display()),
-            "a stats image without one",
-        )
-    })
+    entry
+        .restore
+        .map(RestoreStats::from)
+        .ok_or_else(|| stats_error(&path, "a stats image without a restore entry", None))
+}
+
+fn stats_error(path: &Path, reason: impl Into<String>, source: Option<BoxError>) -> Error {
+    Error::Stats {
+        path: Some(path.to_owned()),
+        reason: reason.into(),
+        source,
+    }
 }
 
 fn read_entry(path: &Path) -> Result<StatsEntry> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::io(format!("reading criu stats {}", path.display()), e))?;
-    parse(&bytes).map_err(|e| match e {
-        Error::Protocol { expected, got } => Error::Protocol {
-            expected: format!("{expected} in {}", path.display()),
-            got,
-        },
-        other => other,
-    })
+    let bytes =
+        std::fs::read(path).map_err(|e| stats_error(path, "cannot read it", Some(Box::new(e))))?;
+    parse(&bytes).map_err(|(reason, source)| stats_error(path, reason, source))
 }
 
-/// Parses the bytes of a stats image.
-pub(crate) fn parse(bytes: &[u8]) -> Result<StatsEntry> {
+/// Parses the bytes of a stats image; on failure, what is wrong and the decode error.
+pub(crate) fn parse(bytes: &[u8]) -> std::result::Result<StatsEntry, (String, Option<BoxError>)> {
     let word = |at: usize| -> Option<u32> {
         bytes
             .get(at..at + 4)
             .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
     };
     let (Some(m0), Some(m1)) = (word(0), word(4)) else {
-        return Err(Error::protocol(
-            "a stats image (8 bytes of magic)",
-            format!("{} bytes", bytes.len()),
+        return Err((
+            format!("{} bytes, too short for a stats image's magic", bytes.len()),
+            None,
         ));
     };
     if m0 != IMG_SERVICE_MAGIC || m1 != STATS_MAGIC {
-        return Err(Error::protocol(
-            format!("stats image magic {IMG_SERVICE_MAGIC:#x} {STATS_MAGIC:#x}"),
-            format!("{m0:#x} {m1:#x}"),
+        return Err((
+            format!(
+                "magic {m0:#x} {m1:#x}, not a stats image's {IMG_SERVICE_MAGIC:#x} {STATS_MAGIC:#x}"
+            ),
+            None,
         ));
     }
     let Some(len) = word(8) else {
-        return Err(Error::protocol(
-            "a stats entry after the magic",
-            "end of file",
-        ));
+        return Err(("no stats entry after the magic".into(), None));
     };
     let body = bytes.get(12..12 + len as usize).ok_or_else(|| {
-        Error::protocol(
-            format!("a {len}-byte stats entry"),
-            format!("{} bytes (truncated)", bytes.len().saturating_sub(12)),
+        (
+            format!(
+                "truncated: a {len}-byte stats entry, {} bytes there",
+                bytes.len().saturating_sub(12)
+            ),
+            None,
         )
     })?;
-    StatsEntry::decode(body).map_err(|source| Error::Decode {
-        what: "stats_entry",
-        len: body.len(),
-        source,
+    StatsEntry::decode(body).map_err(|e| {
+        (
+            "cannot decode its stats_entry".to_owned(),
+            Some(Box::new(e) as BoxError),
+        )
     })
 }
 
@@ -232,17 +232,17 @@ mod tests {
     fn truncated_foreign_and_missing_files_are_errors() {
         let img = encode_image(&dump_entry());
         for cut in [0, 3, 8, 11, img.len() - 1] {
-            let e = parse(&img[..cut]).unwrap_err();
-            assert!(
-                matches!(e, Error::Protocol { .. } | Error::Decode { .. }),
-                "{cut}: {e}"
-            );
+            assert!(parse(&img[..cut]).is_err(), "{cut}");
         }
         let mut foreign = img.clone();
         foreign[4] ^= 0xff;
-        assert!(parse(&foreign).unwrap_err().to_string().contains("magic"));
+        assert!(parse(&foreign).unwrap_err().0.contains("magic"));
         let dir = tempfile::tempdir().unwrap();
         let e = read_dump_stats(dir.path()).unwrap_err();
+        assert!(matches!(e, Error::Stats { .. }), "{e:?}");
         assert!(e.to_string().contains("stats-dump"), "{e}");
+        std::fs::write(dir.path().join(DUMP_STATS_FILE), &img[..img.len() - 1]).unwrap();
+        let e = read_dump_stats(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
     }
 }

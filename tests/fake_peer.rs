@@ -1407,7 +1407,7 @@ async fn a_failed_pre_dump_ends_the_loop() {
         lp.pre_dump(PreDumpOptions::new(TARGET).images_dir(&b)),
     )
     .await;
-    assert!(matches!(third, Err(Error::Exited { .. })), "{third:?}");
+    assert!(matches!(third, Err(Error::Closed { .. })), "{third:?}");
     assert_eq!(
         peer.types(),
         [
@@ -1441,7 +1441,10 @@ fn dropping_a_session_outside_a_runtime_closes_it() {
         .unwrap();
     let (session, theirs) = rt.block_on(async {
         let (ours, theirs) = UnixSeqpacket::pair().unwrap();
-        (Session::from_socket(ours), theirs)
+        (
+            Session::from_fd(ours.into()).expect("a seqpacket socket"),
+            theirs,
+        )
     });
     // No runtime is current here: the drop has to do its work synchronously.
     drop(session);
@@ -1459,7 +1462,7 @@ fn runtime_shutdown_during_a_background_rollback_closes_the_session() {
     let dir = images_dir();
     let theirs = rt.block_on(async {
         let (ours, theirs) = UnixSeqpacket::pair().unwrap();
-        let session = Session::from_socket(ours);
+        let session = Session::from_fd(ours.into()).expect("a seqpacket socket");
         let dump = session.dump(DumpOptions::new(TARGET).images_dir(dir.path()));
         let mut buf = vec![0u8; 1 << 16];
         tokio::select! {

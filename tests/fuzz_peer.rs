@@ -1,5 +1,5 @@
 //! The driver fed random and mutated datagrams, with and without fds, through
-//! `Session::from_socket`: every call must return (bounded), nothing may panic, and no
+//! `Session::from_fd`: every call must return (bounded), nothing may panic, and no
 //! fd may be left open. The seeds are valid messages of every kind criu sends; the
 //! mutations flip, cut, extend and splice them, or replace them by noise.
 //!
@@ -185,7 +185,7 @@ async fn every_call_returns_and_nothing_leaks_under_random_and_mutated_datagrams
     while sent < total {
         sessions += 1;
         let (ours, theirs) = UnixSeqpacket::pair().unwrap();
-        let mut session = Session::from_socket(ours);
+        let mut session = Session::from_fd(ours.into()).expect("a seqpacket socket");
         session.set_grace(Duration::from_millis(10));
         // A peer that stays open and silent is ended by the request's timeout.
         session.set_default_timeout(Some(Duration::from_millis(2)));

@@ -36,7 +36,7 @@ pub use pre_dump_loop::PreDumpLoop;
 /// before it is killed; also how long criu gets to exit after its session closes.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
-/// One `criu swrk` process (or, through [`Session::from_socket`], any peer speaking
+/// One `criu swrk` process (or, through [`Session::from_fd`], any peer speaking
 /// criu's protocol).
 ///
 /// Made by [`Criu::session`](crate::Criu::session). Use it to ask several keep-open
@@ -92,29 +92,41 @@ impl Session {
         }
     }
 
-    /// A session over a connected socket whose peer speaks criu's swrk protocol: the
-    /// test seam for fake peers, or a criu started by other means.
+    /// A session over `fd`, a connected Unix `SOCK_SEQPACKET` socket whose peer speaks
+    /// criu's swrk protocol: a criu started by other means (in another namespace, by a
+    /// helper), or a fake peer in tests. The socket is made non-blocking.
     ///
     /// No child is supervised. Fds meant for criu's own fd table (`inherit_fd`,
     /// `page_server_fd`) cannot travel over an existing connection: requests carry the
     /// numbers they would have had in a criu started by this crate, and the fds
     /// themselves are closed.
     ///
+    /// # Errors
+    /// [`Error::Io`] when `fd` is not a Unix `SOCK_SEQPACKET` socket, or cannot be
+    /// registered with the Tokio runtime (there is none, or its I/O driver is off).
+    ///
     /// # Example
     /// ```
-    /// # async fn run() -> criu_swrk::Result<()> {
-    /// let (ours, theirs) = tokio_seqpacket::UnixSeqpacket::pair().unwrap();
-    /// let session = criu_swrk::Session::from_socket(ours);
-    /// # drop(theirs); drop(session); Ok(()) }
+    /// use std::os::fd::OwnedFd;
+    /// use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> criu_swrk::Result<()> {
+    /// let (ours, criu_end): (OwnedFd, OwnedFd) =
+    ///     socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+    ///         .unwrap();
+    /// // criu_end goes to a criu started as `criu swrk <fd>` by other means.
+    /// let session = criu_swrk::Session::from_fd(ours)?;
+    /// # drop(criu_end); drop(session); Ok(()) }
     /// ```
-    pub fn from_socket(sock: UnixSeqpacket) -> Self {
-        Session {
-            conn: Conn::new(sock, None, DEFAULT_GRACE),
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> Result<Self> {
+        Ok(Session {
+            conn: Conn::new(crate::spawn::register(fd)?, None, DEFAULT_GRACE),
             mapped: None,
             foreign_peer: true,
             default_timeout: None,
             version: None,
-        }
+        })
     }
 
     /// How long the peer gets to answer a rollback or to exit before it is killed.
@@ -643,10 +655,11 @@ pub(crate) fn pre_dump_outcome(pid: i32, p: Prepared) -> PreDumpOutcome {
 fn read_in<T>(p: &Prepared, read: fn(&std::path::Path) -> Result<T>) -> Result<T> {
     match &p.work_dir {
         Some(dir) => read(dir),
-        None => Err(Error::invalid(
-            "work_dir",
-            "no work directory: criu wrote no stats",
-        )),
+        None => Err(Error::Stats {
+            path: None,
+            reason: "the request had no work directory to write them to".into(),
+            source: None,
+        }),
     }
 }
 

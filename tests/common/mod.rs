@@ -23,8 +23,9 @@ use workload::Info;
 #[path = "../../src/bin/criu-swrk/workload.rs"]
 pub mod workload;
 
-/// The workload program: the `workload` example, which `cargo test` builds beside the
-/// test binaries (target/<profile>/examples).
+/// The workload program: the `workload` example, which `cargo test` and `cargo build
+/// --examples` build beside the test binaries (target/<profile>/examples); `cargo test
+/// --all-targets` builds examples as test harnesses only (scripts/test builds it first).
 pub static WORKLOAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let exe = std::env::current_exe().expect("the test binary's path");
     let profile = exe
@@ -34,7 +35,7 @@ pub static WORKLOAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let path = profile.join("examples").join("workload");
     assert!(
         path.exists(),
-        "{} is missing: cargo test builds the examples (run with --all-targets)",
+        "{} is missing: build it with `cargo build --examples` (scripts/test does)",
         path.display()
     );
     path.display().to_string()

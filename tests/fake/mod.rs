@@ -21,7 +21,7 @@ use criu_swrk::proto::{
     CriuFeatures, CriuNotify, CriuReq, CriuReqType, CriuResp, CriuRestoreResp, CriuVersion,
     StatsEntry,
 };
-use criu_swrk::{Hooks, Notification, Reply, Session};
+use criu_swrk::{Criu, Hooks, Notification, Reply, Session};
 
 // ---------------------------------------------------------------------------------
 // The fake peer
@@ -191,7 +191,53 @@ where
         sock: Some(theirs),
         received: Vec::new(),
     };
-    (Session::from_socket(ours), tokio::spawn(script(peer)))
+    (
+        Session::from_fd(ours.into()).expect("a seqpacket socket"),
+        tokio::spawn(script(peer)),
+    )
+}
+
+/// A `Criu` whose every request runs against a fresh fake peer (through
+/// [`Criu::connect_with`]), each running `script` in a task of its own; the handles of
+/// those tasks, in the order the connections were made, are in the returned list.
+pub fn fake_criu<F, Fut>(script: F) -> (Criu, Peers)
+where
+    F: Fn(FakePeer) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = FakePeer> + Send + 'static,
+{
+    let peers = Peers::default();
+    let list = peers.clone();
+    let criu = Criu::connect_with(move || {
+        let (ours, theirs) = UnixSeqpacket::pair()?;
+        let peer = FakePeer {
+            sock: Some(theirs),
+            received: Vec::new(),
+        };
+        list.0.lock().unwrap().push(tokio::spawn(script(peer)));
+        Ok(ours.into())
+    });
+    (criu, peers)
+}
+
+/// The fake peers a [`fake_criu`] connected to, in connection order.
+#[derive(Clone, Default)]
+pub struct Peers(std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<FakePeer>>>>);
+
+impl Peers {
+    /// How many connections were made so far.
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Waits for every peer's script to end (re-raising a panic), in connection order.
+    pub async fn finish(&self) -> Vec<FakePeer> {
+        let handles = std::mem::take(&mut *self.0.lock().unwrap());
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(finish(h).await);
+        }
+        out
+    }
 }
 
 /// Waits for the fake peer's script to end; re-raises its panic (its assertion) if it
