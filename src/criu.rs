@@ -219,6 +219,10 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::version`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future kills criu (it has touched nothing) and reaps it
+    /// in the background.
     pub async fn version(&self) -> Result<Version> {
         let mut s = self.session()?;
         let v = s.version().await;
@@ -230,6 +234,9 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::features`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`version`](Self::version).
     pub async fn features(&self) -> Result<Features> {
         let mut s = self.session()?;
         let f = s.features().await;
@@ -253,6 +260,9 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::cpuinfo_dump`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::cpuinfo_dump`]; criu is reaped in the background.
     pub async fn cpuinfo_dump(&self, opts: CpuinfoOptions) -> Result<()> {
         self.session()?.cpuinfo_dump(opts).await
     }
@@ -262,6 +272,9 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::cpuinfo_check`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::cpuinfo_check`]; criu is reaped in the background.
     pub async fn cpuinfo_check(&self, opts: CpuinfoOptions) -> Result<()> {
         self.session()?.cpuinfo_check(opts).await
     }
@@ -271,6 +284,9 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::page_server`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::page_server`].
     pub async fn page_server(&self, opts: PageServerOptions) -> Result<PageServer> {
         self.page_server_with(opts, &mut NoHooks).await
     }
@@ -279,6 +295,9 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::page_server_with`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::page_server_with`].
     pub async fn page_server_with<H: Hooks>(
         &self,
         opts: PageServerOptions,
@@ -294,6 +313,10 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::dump`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::dump`]: where criu has got decides (untouched, rolled back, or
+    /// committed and its outcome returned); criu is reaped in the background.
     pub async fn dump(&self, opts: DumpOptions) -> Result<DumpOutcome> {
         self.dump_with(opts, &mut NoHooks).await
     }
@@ -303,6 +326,9 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::dump_with`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::dump_with`].
     pub async fn dump_with<H: Hooks>(
         &self,
         opts: DumpOptions,
@@ -369,6 +395,10 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::restore`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::restore`]: before `post-restore` was answered the restore is
+    /// stopped or rolled back; past it the outcome (with the restored pid) is returned.
     pub async fn restore(&self, opts: RestoreOptions) -> Result<RestoreOutcome> {
         self.restore_with(opts, &mut NoHooks).await
     }
@@ -377,6 +407,9 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::restore_with`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::restore_with`].
     pub async fn restore_with<H: Hooks>(
         &self,
         opts: RestoreOptions,
@@ -390,6 +423,9 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::pre_dump`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::pre_dump`].
     pub async fn pre_dump(&self, opts: PreDumpOptions) -> Result<PreDumpLoop> {
         self.pre_dump_with(opts, &mut NoHooks).await.map(|(l, _)| l)
     }
@@ -398,6 +434,9 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::pre_dump_with`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::pre_dump_with`].
     pub async fn pre_dump_with<H: Hooks>(
         &self,
         opts: PreDumpOptions,
@@ -411,6 +450,9 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::single_pre_dump`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::single_pre_dump`].
     pub async fn single_pre_dump(&self, opts: PreDumpOptions) -> Result<PreDumpOutcome> {
         self.single_pre_dump_with(opts, &mut NoHooks).await
     }
@@ -419,6 +461,9 @@ impl Criu {
     ///
     /// # Errors
     /// As [`Session::single_pre_dump_with`], plus spawn errors.
+    ///
+    /// # Cancel safety
+    /// As [`Session::single_pre_dump_with`].
     pub async fn single_pre_dump_with<H: Hooks>(
         &self,
         opts: PreDumpOptions,

@@ -126,7 +126,8 @@ impl Criu {
     /// lazy dumps, memory tracking for pre-dumps, criu's kernel probe cache), and a dump
     /// and restore of three canaries. Needs root (as criu does).
     ///
-    /// Never fails: what did not work is in the report.
+    /// # Errors
+    /// None: what did not work (criu missing included) is a finding in the report.
     ///
     /// # Cancel safety
     /// Dropping the future mid-way kills the canary in flight (the canaries are its

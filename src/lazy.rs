@@ -239,7 +239,16 @@ impl LazyPages {
         }
     }
 
-    /// Kills the daemon and reaps it.
+    /// Kills the daemon and reaps it; its exit status, when it could be collected
+    /// within 5 s.
+    ///
+    /// # Errors
+    /// None: the status is `None` when the daemon could not be reaped in time (it is
+    /// then reaped in the background).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the daemon is killed before the first await; dropping the future
+    /// leaves its reaping to the background.
     pub async fn kill(mut self) -> Option<ExitStatus> {
         let mut child = self.take();
         child.kill();
@@ -258,13 +267,9 @@ impl LazyPages {
 
 impl Drop for LazyPages {
     fn drop(&mut self) {
+        // Killed here; the orphan reaper reaps it.
         if let Some(mut child) = self.child.take() {
             child.kill();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    child.finish(Duration::from_secs(5)).await;
-                });
-            }
         }
     }
 }

@@ -271,8 +271,8 @@ fn cloexec_from(first: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// A child process of ours, reaped by [`Child::wait`], or in the background when dropped
-/// before that (killed first). It leads its own process group (see [`start`]): a kill
+/// A child process of ours, reaped by [`Child::wait`], or by the one orphan reaper
+/// (`reaper.rs`) when dropped before that (killed first). It leads its own process group (see [`start`]): a kill
 /// reaches every process in that group, criu's helpers included.
 #[derive(Debug)]
 pub(crate) struct Child {
@@ -281,8 +281,6 @@ pub(crate) struct Child {
     /// polls instead.
     pidfd: Option<AsyncFd<OwnedFd>>,
     status: Option<ExitStatus>,
-    /// Dropped unreaped once already and now reaped by a background task.
-    orphan: bool,
     /// We sent SIGKILL to its group.
     killed: bool,
 }
@@ -305,7 +303,6 @@ impl Child {
             pid,
             pidfd,
             status: None,
-            orphan: false,
             killed: false,
         }
     }
@@ -598,33 +595,12 @@ impl Drop for Child {
             return;
         }
         let _ = self.start_kill();
-        if !self.orphan
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            let mut orphan = Child {
-                pid: self.pid,
-                pidfd: self.pidfd.take(),
-                status: None,
-                orphan: true,
-                killed: true,
-            };
-            rt.spawn(async move {
-                let _ = orphan.wait().await;
-            });
-            return;
-        }
-        // No runtime to watch the pidfd (or it is shutting down under an orphan): a
-        // blocking wait on a short-lived thread. SIGKILL was sent, so it does not last.
-        let pid = self.pid;
-        let _ = std::thread::Builder::new()
-            .name("criu-reaper".into())
-            .spawn(move || {
-                let mut raw = 0;
-                // SAFETY: waitpid on our own unreaped child.
-                unsafe { libc::waitpid(pid, &mut raw, 0) };
-            });
+        // Stop watching the pidfd here (the reaper polls it on its own thread).
+        let pidfd = self.pidfd.take().map(AsyncFd::into_inner);
+        reaper::adopt(self.pid, pidfd);
     }
 }
 
+mod reaper;
 #[cfg(test)]
 mod tests;

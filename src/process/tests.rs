@@ -180,3 +180,41 @@ fn a_child_dropped_outside_a_runtime_is_reaped_too() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+#[tokio::test]
+async fn dropped_children_share_one_reaper_thread() {
+    let reapers = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim_end() == "criu-reaper" || c.trim_end() == "criu-waitpid")
+            })
+            .count()
+    };
+    let mut pids = Vec::new();
+    for _ in 0..20 {
+        let (_r, w) = std::io::pipe().unwrap();
+        let plan = FdPlan {
+            stderr: w.into(),
+            first_mapped: 3,
+            mapped: vec![],
+        };
+        let child = start(Path::new("/bin/sleep"), &["60".into()], plan).unwrap();
+        pids.push(child.id());
+        drop(child);
+    }
+    let gone = async {
+        while pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone)
+        .await
+        .expect("every dropped child is reaped");
+    assert_eq!(reapers(), 1, "one reaper thread for every orphan");
+}

@@ -638,6 +638,15 @@ impl Session {
 
     /// Closes the connection and reaps criu; returns its exit status when this
     /// session supervised one. criu's exit status is not a request's result.
+    ///
+    /// # Errors
+    /// None: the status is `None` for a peer this session did not start
+    /// ([`from_fd`](Self::from_fd)), or when criu had to be killed after the grace and
+    /// could not be reaped.
+    ///
+    /// # Cancel safety
+    /// The connection is closed at once; dropping the future while criu is still
+    /// exiting kills it, and it is reaped in the background.
     pub async fn close(mut self) -> Option<ExitStatus> {
         self.conn.close().await
     }

@@ -22,9 +22,9 @@ const USAGE: &str = "usage: rust-criu-peer [--criu PATH] [--log-file NAME] dump 
 /// criu's log file in DIR when the request names none (criu's DEFAULT_LOG_FILENAME).
 const CRIU_DEFAULT_LOG: &str = "criu.log";
 
-/// The restored root's pid: rust-criu's `restore()` returns `()`, and criu tells the
-/// pid only in its "post-restore" notification. The callback is a plain `fn`, hence
-/// a static.
+/// The restored root's pid: rust-criu's `restore()` returns `()` (it drops criu's
+/// answer, which holds the pid), so it comes from criu's "post-restore"
+/// notification. The callback is a plain `fn`, hence a static.
 static RESTORED_PID: AtomicI32 = AtomicI32::new(0);
 
 fn on_notify(script: &str, notify: &Criu_notify, _fd: Option<RawFd>) -> i32 {
