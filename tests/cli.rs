@@ -311,31 +311,55 @@ fn jobs_bound_the_criu_processes_alive_at_once() {
 }
 
 #[test]
-fn usage_errors_exit_2() {
-    let cases: &[&[&str]] = &[
-        &[],
-        &["no-such-command"],
-        &["dump", "--images-dir", "/tmp"],
-        &["dump", "--pid", "0", "--images-dir", "/tmp"],
-        &[
-            "dump",
-            "--pid",
-            "1",
-            "--images-dir",
-            "/tmp",
-            "--timeout",
-            "-1",
-        ],
-        &["dump-many", "--images-root", "/tmp"],
-        &["dump-many", "--images-root", "/tmp", "--jobs", "0", "1"],
-        &["dump-many", "--images-root", "/tmp", "not-a-pid"],
-        &["restore"],
-        &["restore-many"],
+fn usage_errors_exit_2_naming_what_was_wrong() {
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "Usage"),
+        (
+            &["no-such-command"],
+            "unrecognized subcommand 'no-such-command'",
+        ),
+        (&["dump", "--images-dir", "/tmp"], "--pid"),
+        (
+            &["dump", "--pid", "0", "--images-dir", "/tmp"],
+            "invalid value '0' for '--pid <PID>'",
+        ),
+        // `=`: clap would otherwise take `-1` for a flag and never check the value.
+        (
+            &["dump", "--pid", "1", "--images-dir", "/tmp", "--timeout=-1"],
+            "'-1' is not a positive number of seconds",
+        ),
+        (
+            &[
+                "dump",
+                "--pid",
+                "1",
+                "--images-dir",
+                "/tmp",
+                "--timeout=soon",
+            ],
+            "invalid value 'soon' for '--timeout <SECS>'",
+        ),
+        (&["dump-many", "--images-root", "/tmp"], "PID"),
+        (
+            &["dump-many", "--images-root", "/tmp", "--jobs", "0", "1"],
+            "invalid value '0' for '--jobs <N>'",
+        ),
+        (
+            &["dump-many", "--images-root", "/tmp", "not-a-pid"],
+            "invalid value 'not-a-pid'",
+        ),
+        (&["restore"], "--images-dir"),
+        (&["restore-many"], "DIR"),
     ];
-    for args in cases {
+    for (args, why) in cases {
         let out = cli(*args);
         assert_eq!(out.status.code(), Some(2), "criu-swrk {args:?}: {out:?}");
         assert!(out.stdout.is_empty(), "criu-swrk {args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(why),
+            "criu-swrk {args:?}: no {why:?} in {stderr}"
+        );
     }
 }
 

@@ -507,6 +507,69 @@ async fn a_failed_pre_resume_hook_does_not_fail_the_restore() {
 }
 
 #[tokio::test]
+async fn a_failed_post_resume_hook_does_not_fail_the_restore() {
+    // criu ignores a failed post-resume too: the tree runs on.
+    let dir = restore_images();
+    let (session, peer) = fake(|mut p| async move {
+        p.expect(CriuReqType::Restore).await;
+        p.notify("pre-restore", None).await;
+        p.notify("post-restore", Some(RESTORED)).await;
+        p.notify("pre-resume", None).await;
+        assert_eq!(
+            p.notify("post-resume", None).await.notify_success,
+            Some(false)
+        );
+        p.send(&restore_resp(RESTORED)).await;
+        p.expect_closed().await;
+        p
+    });
+    let mut hooks = |n: Notification| {
+        std::future::ready(match n {
+            Notification::PostResume => Reply::fail("too late to matter"),
+            _ => Reply::ok(),
+        })
+    };
+    let opts = RestoreOptions::new().images_dir(dir.path());
+    let out = within("restore", session.restore_with(opts, &mut hooks))
+        .await
+        .expect("criu went on: the restore succeeded");
+    finish(peer).await;
+    assert_eq!(out.pid, RESTORED);
+}
+
+#[tokio::test]
+async fn a_failed_network_unlock_hook_does_not_fail_the_dump() {
+    // criu ignores a failed network-unlock (it comes after the dump is written): the
+    // dump went through, and the outcome says so.
+    let dir = images_dir();
+    let (session, peer) = fake(|mut p| async move {
+        p.expect(CriuReqType::Dump).await;
+        p.notify("pre-dump", None).await;
+        p.notify("network-lock", None).await;
+        p.notify("post-dump", None).await;
+        assert_eq!(
+            p.notify("network-unlock", None).await.notify_success,
+            Some(false)
+        );
+        p.send(&resp(CriuReqType::Dump, true)).await;
+        p.expect_closed().await;
+        p
+    });
+    let mut hooks = |n: Notification| {
+        std::future::ready(match n {
+            Notification::NetworkUnlock => Reply::fail("the firewall is gone"),
+            _ => Reply::ok(),
+        })
+    };
+    let opts = DumpOptions::new(TARGET).images_dir(dir.path());
+    let out = within("dump", session.dump_with(opts, &mut hooks))
+        .await
+        .expect("criu went on: the dump succeeded");
+    finish(peer).await;
+    assert_eq!(out.pid, TARGET);
+}
+
+#[tokio::test]
 async fn a_dropped_restore_never_kills_a_process_that_is_not_its_tree() {
     // A peer naming someone else's process as the restored root (a mistake, or
     // worse): not a child of criu nor ours, so the drop leaves it alone.

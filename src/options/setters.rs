@@ -337,6 +337,12 @@ macro_rules! dump_setters {
         }
 
         /// Send memory pages over this connected socket (passed to criu).
+        ///
+        /// The fd goes into criu's fd table when criu starts, so only the request
+        /// that starts criu can pass it: in a pre-dump loop, the first pre-dump (the
+        /// options given to [`Criu::pre_dump`](crate::Criu::pre_dump)); later
+        /// iterations and the final dump are refused with
+        /// [`Error::InvalidOptions`](crate::Error::InvalidOptions).
         pub fn page_server_fd(mut self, fd: impl Into<PassFd>) -> Self {
             self.c.opts.ps.get_or_insert_with(CriuPageServerInfo::default);
             self.c.page_server_fd = Some(fd.into());
@@ -344,7 +350,9 @@ macro_rules! dump_setters {
         }
 
         /// A unix socket fd of ours where criu keeps pidfds across pre-dump
-        /// iterations, to detect pid reuse (criu 3.16+).
+        /// iterations, to detect pid reuse (criu 3.16+). Passed as
+        /// [`page_server_fd`](Self::page_server_fd) is: only by the request that
+        /// starts criu.
         pub fn pidfd_store(mut self, fd: impl Into<PassFd>) -> Self {
             self.c.pidfd_store = Some(fd.into());
             self

@@ -40,7 +40,7 @@ impl PreDumpLoop {
     ///
     /// # Errors
     /// As [`Session::dump`]. After a failed pre-dump criu has left the loop: further
-    /// calls fail with [`Error::Exited`](crate::Error::Exited).
+    /// calls fail with [`Error::Closed`](crate::Error::Closed).
     ///
     /// # Cancel safety
     /// Dropping the future rolls this pre-dump back and ends the loop.

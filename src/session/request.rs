@@ -214,8 +214,9 @@ impl Session {
         }
         Err(Error::invalid(
             "inherit_fd",
-            "fds for criu's own fd table (inherit_fd, page_server_fd) are mapped when criu \
-             starts: use Criu::restore / Criu::dump, which start a criu for the request",
+            "fds for criu's own fd table (inherit_fd, page_server_fd, pidfd_store) are \
+             mapped when criu starts: pass them with the request that starts criu \
+             (Criu::dump, Criu::restore, the first pre-dump of Criu::pre_dump)",
         ))
     }
 
