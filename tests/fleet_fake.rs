@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use criu_swrk::fleet::{Batch, Event, Fleet};
+use criu_swrk::fleet::{Batch, Event, Fleet, Order};
 use criu_swrk::proto::CriuReqType;
 use criu_swrk::{DumpOptions, Error, Notification, Reply, RequestState, RestoreOptions};
 use fake::*;
@@ -267,4 +267,96 @@ async fn a_connector_that_fails_fails_each_target_with_its_cause() {
         let cause = std::error::Error::source(&e).expect("the connector's error");
         assert_eq!(cause.to_string(), "no criu there");
     }
+}
+
+/// The pid each peer was asked to dump, in the order the requests arrived.
+fn dumped_pids(peers: &[FakePeer]) -> Vec<i32> {
+    let mut firsts: Vec<_> = peers
+        .iter()
+        .map(|p| {
+            let req = &p.received[0];
+            assert_eq!(req.r#type(), CriuReqType::Dump);
+            req.opts.as_ref().and_then(|o| o.pid).expect("a pid")
+        })
+        .collect();
+    firsts.dedup();
+    firsts
+}
+
+#[tokio::test]
+async fn the_biggest_tree_starts_first_unless_asked_for_the_order_given() {
+    // Two small trees around a big one (64 MiB touched): forked children that only
+    // pause, the big one after the buffer was filled (its pages resident in it too).
+    let pause = || match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => loop {
+            nix::unistd::pause();
+        },
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    let small = [pause(), pause()];
+    let big: Vec<u8> = vec![1; 64 << 20];
+    let big_child = pause();
+    let children = [small[0], small[1], big_child];
+    let small: Vec<i32> = small.iter().map(|p| p.as_raw()).collect();
+    let big_pid = big_child.as_raw();
+    let given = [small[0], big_pid, small[1]];
+    for (order, want) in [
+        (Order::LargestFirst, [big_pid, small[0], small[1]]),
+        (Order::AsGiven, given),
+    ] {
+        let (criu, peers) = fake_criu(|p| dump_peer(p, Duration::ZERO));
+        let dirs: Vec<_> = (0..3).map(|_| images_dir()).collect();
+        let targets = given
+            .iter()
+            .zip(&dirs)
+            .map(|(pid, d)| DumpOptions::new(*pid).images_dir(d.path()));
+        let (_, results) = drain(Fleet::new(criu).jobs(1).order(order).dump(targets)).await;
+        let peers = peers.finish().await;
+        assert_eq!(dumped_pids(&peers), want, "{order:?}");
+        // Results still name targets by their index in the order given.
+        for (i, pid) in given.iter().enumerate() {
+            assert_eq!(results[&i].as_ref().unwrap().pid, *pid, "{order:?}");
+        }
+    }
+    assert_eq!(big[big.len() - 1], 1);
+    for child in children {
+        nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::wait::waitpid(child, None).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn restores_start_with_the_most_pages() {
+    let (criu, peers) = fake_criu(|mut p| async move {
+        let req = p.expect(CriuReqType::Restore).await;
+        let dir = dir_of_fd(req.opts.as_ref().unwrap().images_dir_fd);
+        let pages = std::fs::metadata(dir.join("pages-1.img")).unwrap().len();
+        p.received.clear();
+        // The fake peer remembers the size it restored in the request's pid field.
+        let mut seen = req.clone();
+        seen.opts.as_mut().unwrap().pid = Some(pages as i32);
+        p.received.push(seen);
+        p.send(&restore_resp(RESTORED)).await;
+        p.expect_closed().await;
+        p
+    });
+    let dirs: Vec<_> = [4096usize, 65536, 16384]
+        .iter()
+        .map(|len| {
+            let d = restore_images();
+            std::fs::write(d.path().join("pages-1.img"), vec![0u8; *len]).unwrap();
+            d
+        })
+        .collect();
+    let targets = dirs
+        .iter()
+        .map(|d| RestoreOptions::new().images_dir(d.path()));
+    let (_, results) = drain(Fleet::new(criu).jobs(1).restore(targets)).await;
+    let peers = peers.finish().await;
+    assert_eq!(results.len(), 3);
+    let sizes: Vec<i32> = peers
+        .iter()
+        .map(|p| p.received[0].opts.as_ref().unwrap().pid.unwrap())
+        .collect();
+    assert_eq!(sizes, [65536, 16384, 4096]);
 }

@@ -46,6 +46,12 @@ pub const DEFAULT_LOG_LEVEL: u8 = 2;
 pub struct PassFd(io::Result<OwnedFd>);
 
 impl PassFd {
+    /// The fd's number here, unless duplicating it failed.
+    pub(crate) fn raw(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.0.as_ref().ok().map(AsRawFd::as_raw_fd)
+    }
+
     pub(crate) fn into_owned(self, what: &str) -> Result<OwnedFd> {
         self.0
             .map_err(|e| Error::io(format!("duplicating the fd for {what}"), e))

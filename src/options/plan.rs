@@ -105,6 +105,18 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// What the request is.
+    pub(crate) fn kind(&self) -> RequestKind {
+        self.kind
+    }
+
+    /// Bounds the request by `timeout` (when its options set none) and `cancel`, as
+    /// a batch does for each of its targets.
+    pub(crate) fn bound_by(&mut self, timeout: Option<Duration>, cancel: CancellationToken) {
+        self.timeout = self.timeout.or(timeout);
+        self.cancel = Some(cancel);
+    }
+
     /// The full path of criu's log for this request, when it goes to a file.
     pub(crate) fn log_path(&self) -> Option<PathBuf> {
         Some(self.work_dir.as_ref()?.join(self.log_file.as_ref()?))
@@ -139,6 +151,15 @@ pub(crate) enum LogDefault {
 }
 
 impl Common {
+    /// The images directory as a path, when it is known before the request (a path,
+    /// or an fd of ours whose path `/proc` names).
+    pub(crate) fn images_path(&self) -> Option<PathBuf> {
+        match self.images.as_ref()? {
+            Dir::Path(p) => Some(p.clone()),
+            Dir::Fd(fd) => std::fs::read_link(format!("/proc/self/fd/{}", fd.raw()?)).ok(),
+        }
+    }
+
     pub(crate) fn prepare(
         mut self,
         kind: RequestKind,

@@ -196,6 +196,11 @@ impl RestoreOptions {
         self
     }
 
+    /// The images directory, when known before the request.
+    pub(crate) fn images_path(&self) -> Option<PathBuf> {
+        self.c.images_path()
+    }
+
     pub(crate) fn prepare(self) -> Result<Prepared> {
         // A command criu execs after the restore gets criu's log fd as its stdout and
         // stderr: that must not be our pipe, which closes when we are done.

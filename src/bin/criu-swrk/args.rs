@@ -108,9 +108,8 @@ pub struct DumpManyArgs {
     /// The images of pid P go to DIR/P.
     #[arg(long, value_name = "DIR")]
     pub images_root: PathBuf,
-    /// How many criu processes may run at once.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
-    pub jobs: u16,
+    #[command(flatten)]
+    pub batch: BatchArgs,
     #[command(flatten)]
     pub common: DumpCommon,
     /// runc containers to checkpoint as well: the images of container ID go to
@@ -120,6 +119,29 @@ pub struct DumpManyArgs {
     /// The roots of the trees to checkpoint.
     #[arg(value_name = "PID", value_parser = clap::value_parser!(i32).range(1..), required_unless_present = "containers")]
     pub pids: Vec<i32>,
+}
+
+/// How `dump-many` and `restore-many` schedule their targets.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// How many criu processes may run at once. Default: one per CPU to start
+    /// with, one more while a whole CPU sits idle (up to two per CPU), one fewer
+    /// when none does.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+    /// Which targets start first: the largest (by resident memory, or by the size
+    /// of their pages images for restores), or in the order given.
+    #[arg(long, value_enum, default_value_t = OrderArg::Largest)]
+    pub order: OrderArg,
+}
+
+/// `--order`'s values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OrderArg {
+    /// The largest targets first.
+    Largest,
+    /// As given on the command line.
+    Given,
 }
 
 /// Flags `dump` and `dump-many` share.
@@ -145,9 +167,8 @@ pub struct RestoreArgs {
 /// `restore-many`'s arguments.
 #[derive(Debug, Args)]
 pub struct RestoreManyArgs {
-    /// How many criu processes may run at once.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
-    pub jobs: u16,
+    #[command(flatten)]
+    pub batch: BatchArgs,
     #[command(flatten)]
     pub restore: RestoreCommon,
     /// Image directories, one per tree.

@@ -6,8 +6,8 @@
 //!   dump --pid PID --images-dir DIR [--leave-running] [--shell-job] [--tcp-established]
 //!        [--ext-unix-sk] [--file-locks] [--timeout SECS]
 //!   restore --images-dir DIR
-//!   dump-many --images-root DIR [--jobs N] [--leave-running] [--timeout SECS] PID...
-//!   restore-many [--jobs N] DIR...
+//!   dump-many --images-root DIR [--jobs N] [--order largest|given] [--leave-running] [--timeout SECS] PID...
+//!   restore-many [--jobs N] [--order largest|given] DIR...
 //!   demo
 //! ```
 //!
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use criu_swrk::fleet::Fleet;
+use criu_swrk::fleet::{Fleet, Order};
 use criu_swrk::oci::{Container, ContainerRestore};
 use criu_swrk::record::DumpRecord;
 use criu_swrk::{CgroupMode, Criu, DumpOptions, NetworkLock, RestoreOptions};
@@ -34,7 +34,10 @@ mod report;
 #[allow(dead_code)] // Shared with the tests, which use more of it.
 mod workload;
 
-use args::{CgroupArg, Cli, Command, DumpCommon, Limits, LockArg, RestoreCommon, TreeArgs};
+use args::{
+    BatchArgs, CgroupArg, Cli, Command, DumpCommon, Limits, LockArg, OrderArg, RestoreCommon,
+    TreeArgs,
+};
 use batch::Target;
 use report::Printer;
 
@@ -117,7 +120,15 @@ async fn run(cli: Cli) -> bool {
                 pid: Some(pid),
                 images_dir,
             };
-            dump(&criu, 1, &a.common, log_file, vec![(target, opts)], printer).await
+            dump(
+                &criu,
+                None,
+                &a.common,
+                log_file,
+                vec![(target, opts)],
+                printer,
+            )
+            .await
         }
         Command::DumpMany(a) => {
             // A staged dump creates DIR/P when it commits; a root that cannot be made
@@ -157,13 +168,21 @@ async fn run(cli: Cli) -> bool {
                     }
                 }
             }
-            dump(&criu, a.jobs.into(), &a.common, log_file, targets, printer).await && all_ok
+            dump(&criu, Some(&a.batch), &a.common, log_file, targets, printer).await && all_ok
         }
         Command::Restore(a) => {
-            restore(&criu, 1, &a.restore, log_file, vec![a.images_dir], printer).await
+            restore(
+                &criu,
+                None,
+                &a.restore,
+                log_file,
+                vec![a.images_dir],
+                printer,
+            )
+            .await
         }
         Command::RestoreMany(a) => {
-            restore(&criu, a.jobs.into(), &a.restore, log_file, a.dirs, printer).await
+            restore(&criu, Some(&a.batch), &a.restore, log_file, a.dirs, printer).await
         }
         Command::Demo => match demo::run(&criu).await {
             Ok(()) => true,
@@ -176,17 +195,36 @@ async fn run(cli: Cli) -> bool {
     }
 }
 
-/// Dumps `targets`, `jobs` at a time. Every dump is staged (its directory holds a
-/// complete dump or nothing) and records what its restore needs.
+/// A fleet scheduled as `batch` says (one at a time without it).
+fn fleet(criu: &Criu, batch: Option<&BatchArgs>, limits: &Limits) -> Fleet {
+    let fleet = Fleet::new(criu.clone());
+    let fleet = match batch {
+        None => fleet.jobs(1),
+        Some(b) => {
+            let fleet = fleet.order(match b.order {
+                OrderArg::Largest => Order::LargestFirst,
+                OrderArg::Given => Order::AsGiven,
+            });
+            match b.jobs {
+                Some(n) => fleet.jobs(n.into()),
+                None => fleet,
+            }
+        }
+    };
+    limited(fleet, limits)
+}
+
+/// Dumps `targets` as `batch` schedules them. Every dump is staged (its directory
+/// holds a complete dump or nothing) and records what its restore needs.
 async fn dump(
     criu: &Criu,
-    jobs: usize,
+    batch: Option<&BatchArgs>,
     common: &DumpCommon,
     log_file: Option<String>,
     targets: Vec<(Target, DumpOptions)>,
     printer: Printer,
 ) -> bool {
-    let fleet = limited(Fleet::new(criu.clone()).jobs(jobs), &common.tree.limits);
+    let fleet = fleet(criu, batch, &common.tree.limits);
     let (targets, opts): (Vec<_>, Vec<_>) = targets.into_iter().unzip();
     let batch = fleet.dump(opts.into_iter().map(|o| {
         let mut o = dump_tree(o, &common.tree)
@@ -355,10 +393,10 @@ fn restore_options(
     Ok(o)
 }
 
-/// Restores the trees in `dirs`, `jobs` at a time.
+/// Restores the trees in `dirs` as `batch` schedules them.
 async fn restore(
     criu: &Criu,
-    jobs: usize,
+    batch: Option<&BatchArgs>,
     common: &RestoreCommon,
     log_file: Option<String>,
     dirs: Vec<std::path::PathBuf>,
@@ -385,7 +423,7 @@ async fn restore(
         }
     }
     let socket = common.console_socket.clone();
-    let batch = limited(Fleet::new(criu.clone()).jobs(jobs), &common.tree.limits).restore_with(
+    let batch = fleet(criu, batch, &common.tree.limits).restore_with(
         opts.into_iter()
             .map(|o| (o, console::Forward::to(socket.clone()))),
     );

@@ -1,10 +1,13 @@
 //! Many targets at once: bounded, observable, cancellable batches of dumps or restores.
 //!
-//! A [`Fleet`] runs each target's request on its own criu process, at most
-//! [`jobs`](Fleet::jobs) at a time, all on one Tokio task (no thread per target).
-//! Results stream back as each target finishes, success or error, with progress
-//! [`Event`]s in between; one target's failure or hang never holds up the others beyond
-//! the slot it occupies (bound it with [`Fleet::timeout`]).
+//! A [`Fleet`] runs each target's request on its own criu process, a few at a time
+//! ([`jobs`](Fleet::jobs), chosen from the CPUs and the batch's own measurements
+//! unless set), all on one Tokio task (no thread per target). The biggest targets
+//! start first ([`Order`]), so that the batch does not end with one big dump running
+//! alone while the other slots sit idle. Results stream back as each target
+//! finishes, success or error, with progress [`Event`]s in between, each naming its
+//! target by its index in the order given; one target's failure or hang never holds
+//! up the others beyond the slot it occupies (bound it with [`Fleet::timeout`]).
 //!
 //! # Example
 //! ```no_run
@@ -34,6 +37,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -43,14 +47,61 @@ use crate::error::{Error, Result};
 use crate::notify::{Hooks, NoHooks, Notification, Reply};
 use crate::options::{DumpOptions, Prepared, RestoreOptions};
 use crate::outcome::{DumpOutcome, RestoreOutcome};
+use jobs::{Jobs, Slots};
+
+mod jobs;
+mod size;
 
 /// Runs requests for many targets concurrently, bounded.
 #[derive(Debug, Clone)]
 #[must_use = "a fleet does nothing until dump or restore is called"]
 pub struct Fleet {
     criu: Criu,
-    jobs: usize,
+    jobs: Jobs,
+    order: Order,
     timeout: Option<Duration>,
+}
+
+/// In which order a batch starts its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Order {
+    /// The biggest first: a dump's tree by its resident memory (the RSS of each of
+    /// its processes, from `/proc`), a restore by the size of its pages images; ties
+    /// and targets that cannot be measured keep the order given, the latter last.
+    /// With the big ones started first, the small ones fill the other slots while
+    /// they run, instead of one big dump running alone at the end.
+    #[default]
+    LargestFirst,
+    /// The order given.
+    AsGiven,
+}
+
+/// A request a batch can run for a target: crate-private, so that the batch's
+/// scheduling is written once for dumps and restores.
+pub(crate) trait Target: Send + 'static {
+    /// An estimate of the target's size in bytes, for [`Order::LargestFirst`].
+    fn size(&self) -> u64;
+    /// The request, ready to send.
+    fn prepare(self) -> Result<Prepared>;
+}
+
+impl Target for DumpOptions {
+    fn size(&self) -> u64 {
+        size::tree_rss(self.pid())
+    }
+    fn prepare(self) -> Result<Prepared> {
+        DumpOptions::prepare(self)
+    }
+}
+
+impl Target for RestoreOptions {
+    fn size(&self) -> u64 {
+        self.images_path().map_or(0, |d| size::image_pages(&d))
+    }
+    fn prepare(self) -> Result<Prepared> {
+        RestoreOptions::prepare(self)
+    }
 }
 
 /// What happens to one target of a batch. `target` is the target's index in the
@@ -140,18 +191,33 @@ impl<T> Drop for Batch<T> {
 }
 
 impl Fleet {
-    /// A fleet running `criu`, 4 jobs at a time, no timeout.
+    /// A fleet running `criu`: jobs chosen as the batch runs, the biggest targets
+    /// first, no timeout.
     pub fn new(criu: Criu) -> Self {
         Fleet {
             criu,
-            jobs: 4,
+            jobs: Jobs::Auto,
+            order: Order::default(),
             timeout: None,
         }
     }
 
     /// How many criu processes may run at once (at least 1).
+    ///
+    /// Unset, a batch chooses: it starts with one per CPU this process may use, then
+    /// after each target looks at how idle the CPUs were meanwhile (`/proc/stat`,
+    /// idle time only): a whole CPU idle on average opens one more slot, up to two per
+    /// CPU; less than a quarter of one closes a slot again, down to one per CPU.
     pub fn jobs(mut self, jobs: usize) -> Self {
-        self.jobs = jobs.max(1);
+        self.jobs = Jobs::Fixed(jobs.max(1));
+        self
+    }
+
+    /// In which order targets start (default: [`Order::LargestFirst`]). Events and
+    /// results name targets by their index in the order given, whatever the order
+    /// they run in.
+    pub fn order(mut self, order: Order) -> Self {
+        self.order = order;
         self
     }
 
@@ -225,7 +291,7 @@ impl Fleet {
         H: Hooks + 'static,
     {
         let targets = targets.into_iter().collect();
-        self.run(targets, DumpOptions::prepare, |criu, p, hooks| {
+        self.run(targets, |criu, p, hooks| {
             Box::pin(async move {
                 let mut p = p;
                 let session = criu.session_for(&mut p)?;
@@ -252,7 +318,7 @@ impl Fleet {
         H: Hooks + 'static,
     {
         let targets = targets.into_iter().collect();
-        self.run(targets, RestoreOptions::prepare, |criu, p, hooks| {
+        self.run(targets, |criu, p, hooks| {
             Box::pin(async move {
                 let mut p = p;
                 let session = criu.session_for(&mut p)?;
@@ -266,14 +332,9 @@ impl Fleet {
     /// preparing opens the images directory and holds it open until the request
     /// ends, so preparing a whole batch up front would hold one fd per queued target
     /// and fail every target past `RLIMIT_NOFILE` (1024 by default) with EMFILE.
-    fn run<O, H, T, F>(
-        &self,
-        targets: Vec<(O, H)>,
-        prepare: fn(O) -> Result<Prepared>,
-        request: F,
-    ) -> Batch<T>
+    fn run<O, H, T, F>(&self, targets: Vec<(O, H)>, request: F) -> Batch<T>
     where
-        O: Send + 'static,
+        O: Target,
         H: Hooks + 'static,
         T: Send + 'static,
         F: for<'a> Fn(
@@ -294,39 +355,61 @@ impl Fleet {
         }
         tokio::spawn(async move {
             let request = &request;
-            futures::stream::iter(targets.into_iter().enumerate())
-                .map(|(target, (opts, hooks))| {
-                    let tx = tx.clone();
-                    let token = token.clone();
-                    let criu = fleet.criu.clone();
-                    let timeout = fleet.timeout;
-                    async move {
-                        let result = match prepare(opts) {
-                            Err(e) => Err(e),
-                            Ok(p) if token.is_cancelled() => Err(Error::Cancelled {
-                                request: p.kind,
-                                at: crate::error::Interruption::untouched(),
-                            }),
-                            Ok(mut p) => {
-                                p.timeout = p.timeout.or(timeout);
-                                p.cancel = Some(token.child_token());
-                                let mut progress = Progress {
-                                    target,
-                                    tx: tx.clone(),
-                                    inner: hooks,
-                                };
-                                request(criu, p, &mut progress).await
-                            }
-                        };
-                        let _ = tx.send(Event::Finished { target, result });
-                    }
-                })
-                .buffer_unordered(fleet.jobs)
-                .collect::<()>()
-                .await;
+            let order = start_order(&targets, fleet.order);
+            let mut targets: Vec<Option<(O, H)>> = targets.into_iter().map(Some).collect();
+            let one = |target: usize, opts: O, hooks: H| {
+                let tx = tx.clone();
+                let token = token.clone();
+                let criu = fleet.criu.clone();
+                let timeout = fleet.timeout;
+                async move {
+                    let result = match opts.prepare() {
+                        Err(e) => Err(e),
+                        Ok(p) if token.is_cancelled() => Err(Error::Cancelled {
+                            request: p.kind(),
+                            at: crate::error::Interruption::untouched(),
+                        }),
+                        Ok(mut p) => {
+                            p.bound_by(timeout, token.child_token());
+                            let mut progress = Progress {
+                                target,
+                                tx: tx.clone(),
+                                inner: hooks,
+                            };
+                            request(criu, p, &mut progress).await
+                        }
+                    };
+                    let _ = tx.send(Event::Finished { target, result });
+                }
+            };
+            let mut slots = Slots::new(fleet.jobs);
+            let mut queue = order.into_iter();
+            let mut running = FuturesUnordered::new();
+            loop {
+                while running.len() < slots.limit() {
+                    let Some(i) = queue.next() else { break };
+                    let (opts, hooks) = targets[i].take().expect("each target starts once");
+                    running.push(one(i, opts, hooks));
+                }
+                if running.next().await.is_none() {
+                    break;
+                }
+                slots.finished();
+            }
         });
         Batch { events, cancel }
     }
+}
+
+/// The indices of `targets` in the order they are to start.
+fn start_order<O: Target, H>(targets: &[(O, H)], order: Order) -> Vec<usize> {
+    let mut indices: Vec<usize> = (0..targets.len()).collect();
+    if order == Order::LargestFirst {
+        let sizes: Vec<u64> = targets.iter().map(|(o, _)| o.size()).collect();
+        // Stable: equal sizes keep the order given.
+        indices.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
+    }
+    indices
 }
 
 /// Hooks that report each notification as an [`Event::Hook`], then ask the target's
