@@ -15,6 +15,7 @@ use crate::options::{
     RestoreOptions,
 };
 use crate::outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
+use crate::pool::{Pool, Ready};
 use crate::session::{DEFAULT_GRACE, PreDumpLoop, Session};
 use crate::spawn;
 
@@ -57,6 +58,8 @@ pub struct Criu {
     timeout: Option<Duration>,
     /// Where sessions come from instead of a spawned criu ([`Criu::connect_with`]).
     connect: Option<Connector>,
+    /// criu processes started ahead ([`Criu::warm`]), shared by clones.
+    pool: Option<Arc<Pool>>,
 }
 
 /// Makes connections to a criu peer for [`Criu::connect_with`].
@@ -77,6 +80,7 @@ impl Default for Criu {
             grace: DEFAULT_GRACE,
             timeout: None,
             connect: None,
+            pool: None,
         }
     }
 }
@@ -125,6 +129,46 @@ impl Criu {
             connect: Some(Connector(Arc::new(connect))),
             ..Criu::default()
         }
+    }
+
+    /// Keeps `n` criu processes started and waiting for a request, so that a request
+    /// skips starting criu (the exec, criu's start-up: most of a `version` query's
+    /// time, a few milliseconds of a dump's). A request takes the one that has waited
+    /// longest and a replacement starts in the background; requests that pass fds
+    /// into criu's fd table (`inherit_fd`, `page_server_fd`, ...) start a fresh criu,
+    /// as those fds must be there when criu starts. `0` turns the pool off.
+    ///
+    /// A warm criu was started when the pool was filled: in the cgroup, namespaces
+    /// and environment of this process at that moment, like a fresh one started then.
+    /// Use [`spawn_dump`](Self::spawn_dump) to place criu somewhere first.
+    ///
+    /// The pool belongs to this `Criu` and its clones (set it before cloning it into
+    /// a [`Fleet`](crate::fleet::Fleet)); when the last of them is dropped, the
+    /// waiting criu processes see their socket close, exit, and are reaped. The pool
+    /// fills at once inside a Tokio runtime, else at the first request. Call
+    /// [`with_path`](Self::with_path) and [`connect_with`](Self::connect_with) before
+    /// this: the pool starts the criu they name.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn run() -> criu_swrk::Result<()> {
+    /// let criu = criu_swrk::Criu::new().warm(2);
+    /// println!("criu {}", criu.version().await?); // answered by a waiting criu
+    /// # Ok(()) }
+    /// ```
+    pub fn warm(mut self, n: usize) -> Self {
+        self.pool = None;
+        if n == 0 {
+            return self;
+        }
+        let cold = self.clone();
+        self.pool = Some(Pool::new(n, Arc::new(move || cold.start())));
+        self
+    }
+
+    /// How many criu processes wait in the pool now ([`warm`](Self::warm)).
+    pub fn warm_count(&self) -> usize {
+        self.pool.as_ref().map_or(0, |p| p.len())
     }
 
     /// How long criu gets, once a request was interrupted after criu seized its
@@ -196,18 +240,47 @@ impl Criu {
     }
 
     fn spawn_for(&self, passed: Vec<OwnedFd>) -> Result<Session> {
+        let warm = match &self.pool {
+            Some(pool) if passed.is_empty() => pool.take(),
+            _ => None,
+        };
+        let n = passed.len();
+        let ready = match warm {
+            Some(ready) => ready,
+            None => self.start_with(passed)?,
+        };
+        Ok(match ready.child {
+            Some(child) => Session::spawned(ready.sock, child, n, self.grace, self.timeout),
+            None => {
+                let mut session = Session::connected(ready.sock);
+                session.set_grace(self.grace);
+                session.set_default_timeout(self.timeout);
+                session
+            }
+        })
+    }
+
+    /// A criu waiting for its first request, with no fds of the caller's.
+    fn start(&self) -> Result<Ready> {
+        self.start_with(Vec::new())
+    }
+
+    /// Starts criu with `passed` in its table (or connects, dropping them).
+    fn start_with(&self, passed: Vec<OwnedFd>) -> Result<Ready> {
         if let Some(Connector(connect)) = &self.connect {
             drop(passed);
             let fd = connect().map_err(|e| crate::Error::io("connecting to criu", e))?;
-            let mut session = Session::from_fd(fd)?;
-            session.set_grace(self.grace);
-            session.set_default_timeout(self.timeout);
-            return Ok(session);
+            return Ok(Ready {
+                sock: spawn::register(fd)?,
+                child: None,
+            });
         }
         let path = self.binary()?;
-        let n = passed.len();
         let (child, sock) = spawn::spawn(&path, passed).inspect_err(|_| self.forget_binary())?;
-        Ok(Session::spawned(sock, child, n, self.grace, self.timeout))
+        Ok(Ready {
+            sock,
+            child: Some(child),
+        })
     }
 
     /// A session for a prepared request: the fds it names in criu's table go there.

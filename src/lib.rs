@@ -98,6 +98,7 @@ pub mod notify;
 pub mod oci;
 mod options;
 mod outcome;
+mod pool;
 mod preflight;
 mod process;
 pub mod proto;

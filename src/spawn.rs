@@ -234,6 +234,11 @@ impl Supervised {
         self.child.exited().await;
     }
 
+    /// criu is still running (it has not exited, or been reaped).
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends SIGKILL now; [`finish`](Self::finish) still has to reap.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.start_kill();

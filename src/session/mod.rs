@@ -120,13 +120,18 @@ impl Session {
     /// # drop(criu_end); drop(session); Ok(()) }
     /// ```
     pub fn from_fd(fd: std::os::fd::OwnedFd) -> Result<Self> {
-        Ok(Session {
-            conn: Conn::new(crate::spawn::register(fd)?, None, DEFAULT_GRACE),
+        Ok(Self::connected(crate::spawn::register(fd)?))
+    }
+
+    /// A session over a registered socket to a peer this crate did not start.
+    pub(crate) fn connected(sock: UnixSeqpacket) -> Self {
+        Session {
+            conn: Conn::new(sock, None, DEFAULT_GRACE),
             mapped: None,
             foreign_peer: true,
             default_timeout: None,
             version: None,
-        })
+        }
     }
 
     /// How long the peer gets to answer a rollback or to exit before it is killed.
