@@ -240,16 +240,16 @@ impl Criu {
     }
 
     fn spawn_for(&self, passed: Vec<OwnedFd>) -> Result<Session> {
-        let warm = match &self.pool {
+        let (warm, refill) = match &self.pool {
             Some(pool) if passed.is_empty() => pool.take(),
-            _ => None,
+            _ => (None, None),
         };
         let n = passed.len();
         let ready = match warm {
             Some(ready) => ready,
             None => self.start_with(passed)?,
         };
-        Ok(match ready.child {
+        let mut session = match ready.child {
             Some(child) => Session::spawned(ready.sock, child, n, self.grace, self.timeout),
             None => {
                 let mut session = Session::connected(ready.sock);
@@ -257,7 +257,9 @@ impl Criu {
                 session.set_default_timeout(self.timeout);
                 session
             }
-        })
+        };
+        session.refill = refill;
+        Ok(session)
     }
 
     /// A criu waiting for its first request, with no fds of the caller's.

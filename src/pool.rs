@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio_seqpacket::UnixSeqpacket;
 
@@ -72,9 +72,11 @@ impl Pool {
         self.lock().len()
     }
 
-    /// The criu that has waited longest, if one is usable; a replacement is started
-    /// in the background.
-    pub(crate) fn take(self: &Arc<Self>) -> Option<Ready> {
+    /// The criu that has waited longest, if one is usable, and the promise of a
+    /// replacement: started when that [`Refill`] is dropped, i.e. once the request
+    /// that took the criu is over. Started during the request, criu's start-up would
+    /// compete with the request for the CPUs (measured: it ate the pool's gain).
+    pub(crate) fn take(self: &Arc<Self>) -> (Option<Ready>, Option<Refill>) {
         let taken = {
             let mut ready = self.lock();
             loop {
@@ -90,14 +92,7 @@ impl Pool {
                 );
             }
         };
-        // Refilled after the request has its criu: spawning costs the caller an exec
-        // (posix_spawn waits for it), which this keeps off the request's path.
-        let pool = Arc::clone(self);
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn(async move { pool.fill() })),
-            Err(_) => pool.fill(),
-        }
-        taken
+        (taken, Some(Refill(Arc::downgrade(self))))
     }
 
     /// Starts criu processes until `size` are waiting; a failure stops the filling
@@ -120,5 +115,23 @@ impl Pool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Ready>> {
         self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Refills its pool when dropped (held by the session that took a criu), on a task
+/// of its own: spawning waits for criu's exec, which stays off the caller's path.
+/// Does nothing once the pool is gone.
+#[derive(Debug)]
+pub(crate) struct Refill(Weak<Pool>);
+
+impl Drop for Refill {
+    fn drop(&mut self) {
+        let Some(pool) = self.0.upgrade() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(async move { pool.fill() })),
+            Err(_) => pool.fill(),
+        }
     }
 }

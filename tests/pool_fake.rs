@@ -105,3 +105,42 @@ async fn clones_share_one_pool_and_zero_turns_it_off() {
     drop((off, clone));
     peers.finish().await;
 }
+
+#[tokio::test]
+async fn the_replacement_starts_once_the_request_that_took_a_criu_is_over() {
+    // Started during the request, a replacement's start-up would compete with it.
+    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+    let gate = std::sync::Mutex::new(Some(gate_rx));
+    let (criu, peers) = fake_criu(move |mut p| {
+        let gate = gate.lock().unwrap().take();
+        async move {
+            let Some(req) = p.recv().await else {
+                return p;
+            };
+            assert_eq!(req.r#type(), CriuReqType::Dump);
+            p.notify("pre-dump", None).await;
+            if let Some(gate) = gate {
+                gate.await.unwrap();
+            }
+            p.notify("post-dump", None).await;
+            p.send(&resp(CriuReqType::Dump, true)).await;
+            p.expect_closed().await;
+            p
+        }
+    });
+    let criu = criu.warm(1);
+    let dir = images_dir();
+    let dump = tokio::spawn({
+        let criu = criu.clone();
+        let path = dir.path().to_owned();
+        async move { criu.dump(DumpOptions::new(TARGET).images_dir(path)).await }
+    });
+    settle().await;
+    assert_eq!(peers.count(), 1, "no replacement while the dump runs");
+    gate_tx.send(()).unwrap();
+    within("dump", dump).await.unwrap().unwrap();
+    settle().await;
+    assert_eq!(peers.count(), 2, "replaced once the dump was over");
+    drop(criu);
+    peers.finish().await;
+}

@@ -59,6 +59,8 @@ pub struct Session {
     pub(crate) default_timeout: Option<Duration>,
     /// criu's version, once asked.
     pub(crate) version: Option<Version>,
+    /// For a criu taken from a warm pool: its replacement starts when this goes.
+    pub(crate) refill: Option<crate::pool::Refill>,
 }
 
 /// How a request relates to the criu process serving it.
@@ -89,6 +91,7 @@ impl Session {
             foreign_peer: false,
             default_timeout,
             version: None,
+            refill: None,
         }
     }
 
@@ -131,6 +134,7 @@ impl Session {
             foreign_peer: true,
             default_timeout: None,
             version: None,
+            refill: None,
         }
     }
 

@@ -197,19 +197,16 @@ async fn run(cli: Cli) -> bool {
 
 /// A fleet scheduled as `batch` says (one at a time without it).
 fn fleet(criu: &Criu, batch: Option<&BatchArgs>, limits: &Limits) -> Fleet {
-    let fleet = Fleet::new(criu.clone());
-    let fleet = match batch {
-        None => fleet.jobs(1),
-        Some(b) => {
-            let fleet = fleet.order(match b.order {
-                OrderArg::Largest => Order::LargestFirst,
-                OrderArg::Given => Order::AsGiven,
-            });
-            match b.jobs {
-                Some(n) => fleet.jobs(n.into()),
-                None => fleet,
-            }
-        }
+    let Some(b) = batch else {
+        return limited(Fleet::new(criu.clone()).jobs(1), limits);
+    };
+    let fleet = Fleet::new(criu.clone()).order(match b.order {
+        OrderArg::Largest => Order::LargestFirst,
+        OrderArg::Given => Order::AsGiven,
+    });
+    let fleet = match b.jobs {
+        Some(n) => fleet.jobs(n.into()),
+        None => fleet,
     };
     limited(fleet, limits)
 }
