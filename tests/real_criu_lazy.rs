@@ -107,17 +107,24 @@ async fn lazy_pages_daemon_without_images_says_why() {
         .lazy_pages(LazyPagesOptions::new(&empty))
         .await
         .unwrap_err();
-    let refusal = err
-        .refusal()
-        .unwrap_or_else(|| panic!("expected a refusal, got {err}"));
-    assert!(!refusal.log_errors.is_empty(), "{err}");
-    assert!(
-        refusal
-            .log_path
-            .as_ref()
-            .unwrap()
-            .ends_with("lazy-pages.log")
-    );
+    match &err {
+        criu_swrk::Error::Daemon {
+            daemon,
+            failure: criu_swrk::DaemonFailure::ExitedBeforeReady(Some(status)),
+            log_path: Some(log),
+            log_errors,
+        } => {
+            assert_eq!(*daemon, "lazy-pages");
+            assert!(!status.success(), "{err}");
+            assert!(log.ends_with("lazy-pages.log"), "{err}");
+            // criu's own reason: no images to serve.
+            assert!(
+                log_errors.iter().any(|l| l.contains("Unexpected EOF")),
+                "{err}"
+            );
+        }
+        other => panic!("expected the daemon's failure, got {other:?}"),
+    }
     common::assert_no_criu_left().await;
 }
 
