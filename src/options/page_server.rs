@@ -62,6 +62,15 @@ impl PageServerOptions {
         self
     }
 
+    /// The images of the previous pre-dump iteration this server received, relative
+    /// to its images directory (e.g. `../1`): criu links them as the parent, so that
+    /// the iteration's pages images only hold what changed (criu's `--prev-images-dir`
+    /// on `page-server`). Needed to receive a pre-dump loop on another host.
+    pub fn parent_images(mut self, rel: impl Into<String>) -> Self {
+        self.c.opts.parent_img = Some(rel.into());
+        self
+    }
+
     tls_setters!();
 
     flag!(

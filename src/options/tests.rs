@@ -646,3 +646,14 @@ fn every_option_round_trips_through_the_encoder() {
     let missing: Vec<_> = setters.difference(&covered).collect();
     assert!(missing.is_empty(), "setters without a row: {missing:?}");
 }
+
+#[test]
+fn a_page_server_can_link_its_parent_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = PageServerOptions::new()
+        .images_dir(dir.path())
+        .parent_images("../1")
+        .prepare(RequestKind::PageServer)
+        .unwrap();
+    assert_eq!(p.opts.parent_img.as_deref(), Some("../1"));
+}
