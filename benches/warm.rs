@@ -87,7 +87,12 @@ impl Drop for Workload {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // `cargo bench` passes --bench; nothing else is taken.
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary too,
+    // without it, and gets a line saying so rather than minutes of benchmarking.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("warm: a benchmark; run it with `cargo bench --bench warm`");
+        return;
+    }
     if !nix::unistd::geteuid().is_root() {
         eprintln!("warm: needs root, as criu does; skipped");
         return;
