@@ -287,7 +287,7 @@ impl Criu {
 
     /// A session for a prepared request: the fds it names in criu's table go there.
     pub(crate) fn session_for(&self, p: &mut Prepared) -> Result<Session> {
-        self.spawn_for(std::mem::take(&mut p.passed))
+        self.spawn_for(p.take_passed())
     }
 
     /// criu's version.

@@ -68,7 +68,7 @@ pub(crate) struct Prepared {
     pub(crate) kind: RequestKind,
     pub(crate) opts: CriuOpts,
     /// Mapped into criu's table at `FIRST_PASSED_FD`, `FIRST_PASSED_FD + 1`, ...
-    pub(crate) passed: Vec<OwnedFd>,
+    pub(super) passed: Vec<OwnedFd>,
     /// How many fds the request names in criu's table (stays when `passed` is taken).
     pub(crate) passed_count: usize,
     /// Ours, referred to by number (`images_dir_fd`, `work_dir_fd`, `status_fd`):
@@ -95,9 +95,9 @@ pub(crate) struct Prepared {
     pub(crate) scratch: Option<tempfile::TempDir>,
     /// For dumps: what to remove from the images directory if the dump does not
     /// commit.
-    pub(crate) scrub: Option<Scrub>,
+    pub(super) scrub: Option<Scrub>,
     /// For staged dumps: where criu writes until the dump commits.
-    pub(crate) staging: Option<Staging>,
+    pub(super) staging: Option<Staging>,
     /// Write a restore record ([`crate::record`]) into the images directory.
     pub(crate) record: bool,
     /// For a container's dump: its part of the record.
@@ -115,6 +115,33 @@ impl Prepared {
     pub(crate) fn bound_by(&mut self, timeout: Option<Duration>, cancel: CancellationToken) {
         self.timeout = self.timeout.or(timeout);
         self.cancel = Some(cancel);
+    }
+
+    /// The fds to place in criu's table, taken to start criu with them.
+    pub(crate) fn take_passed(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.passed)
+    }
+
+    /// What guards a dump's images directory until it commits (the scrub of an
+    /// uncommitted dump, the staging directory), handed to the connection for the
+    /// exchange.
+    pub(crate) fn take_guards(&mut self) -> (Option<Scrub>, Option<Staging>) {
+        (self.scrub.take(), self.staging.take())
+    }
+
+    /// The staging directory back from the connection once the exchange is over
+    /// (published or not), for the outcome.
+    pub(crate) fn return_staging(&mut self, staging: Option<Staging>) {
+        self.staging = staging;
+    }
+
+    /// Where the images really are: a staged dump whose rename failed left them in
+    /// its staging directory.
+    pub(crate) fn images_location(&self) -> Option<PathBuf> {
+        match &self.staging {
+            Some(st) => Some(st.location().to_path_buf()),
+            None => self.images_dir.clone(),
+        }
     }
 
     /// The full path of criu's log for this request, when it goes to a file.

@@ -297,12 +297,7 @@ impl Session {
         } else {
             read_in(&p, stats::read_dump_stats)
         };
-        // Where the images really are: a staged dump whose rename failed left them
-        // in its staging directory.
-        let images_dir = match &p.staging {
-            Some(st) => Some(st.location().to_path_buf()),
-            None => p.images_dir.clone(),
-        };
+        let images_dir = p.images_location();
         Ok(DumpOutcome {
             pid,
             log: p.log_path(),

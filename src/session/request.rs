@@ -46,8 +46,7 @@ impl Session {
             pid = ?p.pid,
             criu.pid = ?self.criu_pid(),
         );
-        self.conn.scrub = p.scrub.take();
-        self.conn.staging = p.staging.take();
+        (self.conn.scrub, self.conn.staging) = p.take_guards();
         async move {
             if let Err(e) = self.preflight(p).await {
                 self.conn.close().await;
@@ -83,7 +82,7 @@ impl Session {
                     .as_ref()
                     .is_some_and(|st| !st.is_published());
             self.conn.settle(state);
-            p.staging = self.conn.staging.take();
+            p.return_staging(self.conn.staging.take());
             let resp = judged.map_err(|mut e| {
                 if let (Error::Refused(r), true) = (&mut e, staging_goes) {
                     // Moved to the images directory with the staging directory's end.
