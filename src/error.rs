@@ -148,6 +148,20 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// A live migration ([`migrate`](crate::migrate)) did not go through: `failed` says
+    /// which side (or the link between them) and `reason` why; `source_tree` what
+    /// became of the tree on the source: [`RequestState::RolledBack`] (it runs on
+    /// where it was, memory intact) or [`RequestState::Untouched`] (never frozen).
+    #[error("migration failed on the {failed}: {reason}; the source tree: {source_tree}")]
+    Migration {
+        /// Which side failed.
+        failed: Side,
+        /// Why, in that side's words.
+        reason: String,
+        /// What became of the source tree.
+        source_tree: RequestState,
+    },
+
     /// The request needs something criu, the kernel or this machine does not offer.
     #[error("unsupported: {what}: {reason}")]
     Unsupported {
@@ -203,6 +217,28 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+}
+
+/// The side of a migration that failed ([`Error::Migration`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Side {
+    /// The side the tree is moved from.
+    Source,
+    /// The side the tree is moved to.
+    Destination,
+    /// The connection between them (cut, timed out, refused).
+    Link,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+            Side::Link => "link between source and destination",
+        })
+    }
 }
 
 /// What became of a criu daemon that failed ([`Error::Daemon`]).
@@ -338,6 +374,7 @@ impl Error {
             | Error::Unsupported { .. }
             | Error::InvalidOptions { .. }
             | Error::Closed { .. } => Some(RequestState::Untouched),
+            Error::Migration { source_tree, .. } => Some(*source_tree),
             Error::Io { .. }
             | Error::Decode { .. }
             | Error::Protocol { .. }

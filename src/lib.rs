@@ -93,6 +93,7 @@ mod info;
 mod kind;
 pub mod lazy;
 mod log;
+pub mod migrate;
 mod modes;
 pub mod notify;
 pub mod oci;
@@ -110,7 +111,9 @@ pub mod stats;
 mod transport;
 
 pub use criu::{Criu, Spawned};
-pub use error::{BoxError, DaemonFailure, Error, Interruption, Refusal, RequestState, Result};
+pub use error::{
+    BoxError, DaemonFailure, Error, Interruption, Refusal, RequestState, Result, Side,
+};
 pub use info::{Features, Version};
 pub use kind::RequestKind;
 pub use notify::{Hooks, NoHooks, Notification, Reply};

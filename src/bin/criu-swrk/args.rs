@@ -52,6 +52,13 @@ pub enum Command {
     Doctor,
     /// Checkpoint one process tree.
     Dump(DumpArgs),
+    /// Receive live migrations (`criu-swrk migrate`) into DIR/ID and restore them;
+    /// one line (or JSON object) per migration, arrived or failed.
+    Serve(ServeArgs),
+    /// Move a running tree to a `criu-swrk serve` on another host (stop-and-copy): it
+    /// is dumped straight into the destination's page server and let go here only
+    /// once it runs there; any failure leaves it running here.
+    Migrate(MigrateArgs),
     /// Restore one process tree (detached) and print its root pid. The options the
     /// dump recorded in DIR (criu-swrk.json: --tcp-established, --shell-job, the
     /// tree's root, the network lock, ...) are used unless a flag overrides them.
@@ -119,6 +126,70 @@ pub struct DumpManyArgs {
     /// The roots of the trees to checkpoint.
     #[arg(value_name = "PID", value_parser = clap::value_parser!(i32).range(1..), required_unless_present = "containers")]
     pub pids: Vec<i32>,
+}
+
+/// The TLS files of a migration's side, or plain TCP.
+#[derive(Debug, Args)]
+pub struct SecurityArgs {
+    /// The CA certificate (PEM) both sides trust.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"], required_unless_present = "insecure")]
+    pub tls_ca: Option<PathBuf>,
+    /// This side's certificate (PEM), signed by the CA.
+    #[arg(long, value_name = "FILE", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// This side's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
+    /// Plain TCP instead: loopback and RFC 5737 test addresses only.
+    #[arg(long, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    pub insecure: bool,
+    /// The longest one migration may take (the source tree then resumes).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub deadline: Option<Duration>,
+}
+
+/// `serve`'s arguments.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address and port to listen on, e.g. 10.0.0.2:7070.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Migrations arrive in DIR/ID (DIR must exist).
+    #[arg(long, value_name = "DIR")]
+    pub images_root: PathBuf,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    /// Take one migration, then exit (status 0 if it arrived).
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// `migrate`'s arguments.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The root of the tree to move.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    pub pid: i32,
+    /// The destination's `criu-swrk serve` address, e.g. 10.0.0.2:7070.
+    #[arg(long, value_name = "ADDR")]
+    pub to: std::net::SocketAddr,
+    /// The name the destination's certificate carries [default: its address].
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// The migration's name: its directory on the destination.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    /// Move established TCP connections.
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// The tree is a shell job.
+    #[arg(long)]
+    pub shell_job: bool,
+    /// How the network is locked while the tree is frozen.
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub network_lock: Option<LockArg>,
 }
 
 /// How `dump-many` and `restore-many` schedule their targets.

@@ -29,6 +29,7 @@ mod args;
 mod batch;
 mod console;
 mod demo;
+mod migrate;
 mod progress;
 mod report;
 #[allow(dead_code)] // Shared with the tests, which use more of it.
@@ -96,6 +97,8 @@ async fn run(cli: Cli) -> bool {
         Command::Features => about_criu(&criu, asked, printer, Query::Features).await,
         Command::Check => about_criu(&criu, asked, printer, Query::Check).await,
         Command::Doctor => doctor(&criu, printer).await,
+        Command::Serve(a) => migrate::serve(&criu, a, printer.json).await,
+        Command::Migrate(a) => migrate::migrate(&criu, a, printer.json).await,
         Command::Dump(a) => {
             let images_dir = absolute(&a.images_dir);
             let (name, pid, opts) = match dump_source(a.pid, a.bundle.as_deref(), a.runc.as_deref())

@@ -1,0 +1,137 @@
+//! `serve` and `migrate`: live migration between two hosts.
+
+use criu_swrk::Criu;
+use criu_swrk::migrate::{Destination, Migration, Security, TlsFiles};
+use serde_json::json;
+
+use crate::args::{MigrateArgs, SecurityArgs, ServeArgs};
+use crate::report;
+
+fn security(a: &SecurityArgs) -> Security {
+    match (&a.tls_ca, &a.tls_cert, &a.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Security::Tls(TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        // clap requires all three, or --insecure.
+        _ => Security::Insecure,
+    }
+}
+
+/// Serves migrations until killed (or one, with `--once`).
+pub async fn serve(criu: &Criu, a: ServeArgs, json: bool) -> bool {
+    let listener = match tokio::net::TcpListener::bind(a.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("criu-swrk: serve: cannot listen on {}: {e}", a.listen);
+            return false;
+        }
+    };
+    let mut dest = Destination::new(criu.clone(), &a.images_root, security(&a.security));
+    if let Some(d) = a.security.deadline {
+        dest = dest.deadline(d);
+    }
+    if json {
+        println!(
+            "{}",
+            json!({"event": "listening", "address": a.listen.to_string()})
+        );
+    } else {
+        eprintln!("criu-swrk: serving migrations on {}", a.listen);
+    }
+    loop {
+        let ok = match dest.accept(&listener).await {
+            Ok(arrived) => {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"event": "arrived", "id": arrived.id, "pid": arrived.pid,
+                               "images_dir": arrived.images_dir, "confirmed": arrived.confirmed,
+                               "file_bytes": arrived.file_bytes})
+                    );
+                } else {
+                    println!(
+                        "{}: arrived as pid {}{}",
+                        arrived.id,
+                        arrived.pid,
+                        if arrived.confirmed {
+                            ""
+                        } else {
+                            " (the source did not confirm)"
+                        }
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                if json {
+                    println!("{}", json!({"event": "failed", "error": report::chain(&e)}));
+                } else {
+                    eprintln!("criu-swrk: serve: {}", report::chain(&e));
+                }
+                false
+            }
+        };
+        if a.once {
+            return ok;
+        }
+    }
+}
+
+/// Moves one tree.
+pub async fn migrate(criu: &Criu, a: MigrateArgs, json: bool) -> bool {
+    let mut m = Migration::new(a.pid, a.to, security(&a.security))
+        .tcp_established(a.tcp_established)
+        .shell_job(a.shell_job);
+    if let Some(name) = a.server_name {
+        m = m.server_name(name);
+    }
+    if let Some(id) = a.id {
+        m = m.id(id);
+    }
+    if let Some(lock) = a.network_lock {
+        m = m.network_lock(lock.into());
+    }
+    if let Some(d) = a.security.deadline {
+        m = m.deadline(d);
+    }
+    match m.run(criu).await {
+        Ok(moved) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "pid": a.pid, "to": a.to.to_string(), "restored_pid": moved.pid,
+                           "downtime_ms": moved.downtime.as_secs_f64() * 1e3,
+                           "total_ms": moved.total.as_secs_f64() * 1e3,
+                           "pages_bytes": moved.pages_bytes, "file_bytes": moved.file_bytes})
+                );
+            } else {
+                println!(
+                    "{}: moved to {} as pid {}; downtime {:?}, total {:?}, {} MiB of pages, {} KiB of other images",
+                    a.pid,
+                    a.to,
+                    moved.pid,
+                    moved.downtime,
+                    moved.total,
+                    moved.pages_bytes >> 20,
+                    moved.file_bytes >> 10
+                );
+            }
+            true
+        }
+        Err(e) => {
+            let state = e.request_state();
+            if json {
+                println!(
+                    "{}",
+                    json!({"ok": false, "pid": a.pid, "error": report::chain(&e),
+                           "source_tree": state.map(|s| format!("{s:?}"))})
+                );
+            } else {
+                eprintln!("criu-swrk: migrate {}: {}", a.pid, report::chain(&e));
+            }
+            false
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! The destination: accepts a migration, receives the tree, restores it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use super::wire::{self, Msg};
+use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed};
+use crate::criu::Criu;
+use crate::error::{Error, RequestState, Result, Side};
+use crate::options::{PageServerOptions, RestoreOptions};
+
+/// The largest image file accepted over the control connection (pages go to the
+/// page server, not here).
+const MAX_FILE: u64 = 1 << 30;
+/// How long the page server gets to finish once the source's files are in (its
+/// client disconnected before sending them).
+const PAGE_SERVER_END: Duration = Duration::from_secs(30);
+
+/// The destination agent: receives migrations into `images_root/ID` and restores
+/// them.
+///
+/// # Example
+/// ```no_run
+/// use criu_swrk::Criu;
+/// use criu_swrk::migrate::{Destination, Security};
+///
+/// # async fn run(security: Security) -> criu_swrk::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("10.0.0.2:7070").await.unwrap();
+/// let dest = Destination::new(Criu::new(), "/var/lib/criu-swrk/incoming", security);
+/// loop {
+///     match dest.accept(&listener).await {
+///         Ok(a) => println!("{} arrived as pid {}", a.id, a.pid),
+///         Err(e) => eprintln!("a migration failed: {e}"),
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a destination does nothing until it accepts"]
+pub struct Destination {
+    criu: Criu,
+    images_root: PathBuf,
+    security: Security,
+    deadline: Duration,
+}
+
+/// A tree that arrived.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Arrival {
+    /// The migration's name (its directory under the images root).
+    pub id: String,
+    /// The restored root's pid here.
+    pub pid: i32,
+    /// Where its images are.
+    pub images_dir: PathBuf,
+    /// The source said its tree is gone (its dump committed). `false` when the
+    /// connection ended first: the tree runs here, and the source may still hold
+    /// its own (check there).
+    pub confirmed: bool,
+    /// Bytes of image files received on the control connection (pages came to the
+    /// page server).
+    pub file_bytes: u64,
+}
+
+impl Destination {
+    /// A destination restoring with `criu` into `images_root`, which must exist.
+    pub fn new(criu: Criu, images_root: impl Into<PathBuf>, security: Security) -> Self {
+        Destination {
+            criu,
+            images_root: images_root.into(),
+            security,
+            deadline: DEFAULT_DEADLINE,
+        }
+    }
+
+    /// How long one migration may take here, from the connection to the restored
+    /// tree (default [`DEFAULT_DEADLINE`]). Past it the migration is abandoned: what
+    /// arrived is removed and the source, told nothing more, resumes its tree.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Accepts one migration on `listener` and carries it through.
+    ///
+    /// # Errors
+    /// [`Error::Migration`] naming the side that failed: a peer without a valid
+    /// certificate (refused before anything is written), a plan this side cannot
+    /// take, an image file that does not match its checksum, a restore criu
+    /// refuses, a source that goes silent past the deadline. Whatever arrived for a
+    /// failed migration is removed. [`Error::Io`] when accepting fails.
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the connection: the source resumes its tree. A
+    /// tree already restored here is left running (the source may have committed).
+    pub async fn accept(&self, listener: &TcpListener) -> Result<Arrival> {
+        let (tcp, peer) = listener
+            .accept()
+            .await
+            .map_err(|e| Error::io("accepting a migration", e))?;
+        let local = tcp
+            .local_addr()
+            .map_err(|e| Error::io("the migration connection's address", e))?
+            .ip();
+        tracing::info!(%peer, "migration connection");
+        let started = Instant::now();
+        let link: Box<dyn Link> = match &self.security {
+            Security::Insecure if insecure_allowed(local) && insecure_allowed(peer.ip()) => {
+                Box::new(tcp)
+            }
+            Security::Insecure => {
+                return Err(failed(
+                    Side::Destination,
+                    format!("plain TCP is refused on {local} (loopback and RFC 5737 only)"),
+                ));
+            }
+            Security::Tls(files) => {
+                let acceptor = files.server()?;
+                match tokio::time::timeout(self.deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => Box::new(tls),
+                    Ok(Err(e)) => {
+                        return Err(failed(Side::Link, format!("TLS with {peer} failed: {e}")));
+                    }
+                    Err(_) => {
+                        return Err(failed(Side::Link, format!("TLS with {peer}: no handshake")));
+                    }
+                }
+            }
+        };
+        let left = self.deadline.saturating_sub(started.elapsed());
+        let mut arrival = None;
+        let run = self.arrive(link, local, &mut arrival);
+        match tokio::time::timeout(left, run).await {
+            Ok(result) => result,
+            Err(_) => {
+                if let Some(dir) = arrival.take() {
+                    remove(&dir);
+                }
+                Err(failed(
+                    Side::Source,
+                    format!("no migration within the deadline ({:?})", self.deadline),
+                ))
+            }
+        }
+    }
+
+    /// The migration after the handshake; `made` is the images directory once made
+    /// (removed by the caller if the deadline passes).
+    async fn arrive(
+        &self,
+        mut link: Box<dyn Link>,
+        local: IpAddr,
+        made: &mut Option<PathBuf>,
+    ) -> Result<Arrival> {
+        let lost = |e: std::io::Error| failed(Side::Link, format!("the control connection: {e}"));
+        let hello = wire::recv(&mut link).await.map_err(lost)?;
+        let Msg::Hello {
+            protocol,
+            id,
+            criu,
+            tcp_established,
+            shell_job,
+            file_locks,
+            ext_unix_sk,
+        } = hello
+        else {
+            return Err(failed(
+                Side::Source,
+                format!("expected hello, got {hello:?}"),
+            ));
+        };
+        if protocol != wire::PROTOCOL {
+            return refuse(
+                &mut link,
+                format!("protocol {protocol}, this side speaks {}", wire::PROTOCOL),
+            )
+            .await;
+        }
+        if !wire::is_plain_name(&id) || id.starts_with('.') {
+            return refuse(
+                &mut link,
+                format!("migration name {id:?} is not a plain directory name"),
+            )
+            .await;
+        }
+        let ours = match self.criu.version().await {
+            Ok(v) => v,
+            Err(e) => return refuse(&mut link, format!("criu here: {e}")).await,
+        };
+        if !criu_at_least(&ours, &criu) {
+            return refuse(
+                &mut link,
+                format!("criu {ours} here is older than the source's {criu}"),
+            )
+            .await;
+        }
+        let dir = self.images_root.join(&id);
+        if let Err(e) = std::fs::create_dir(&dir) {
+            return refuse(&mut link, format!("cannot make {}: {e}", dir.display())).await;
+        }
+        *made = Some(dir.clone());
+        let result = self
+            .receive(
+                &mut link,
+                local,
+                &dir,
+                tcp_established,
+                shell_job,
+                file_locks,
+                ext_unix_sk,
+            )
+            .await;
+        match result {
+            Ok((pid, file_bytes)) => {
+                *made = None;
+                // The source's last word: its tree is gone (commit), or it kept it.
+                let confirmed = match wire::recv(&mut link).await {
+                    Ok(Msg::Commit) => true,
+                    Ok(Msg::Abort { reason }) => {
+                        tracing::warn!(pid, %reason, "the source kept its tree: killing the copy");
+                        kill_tree(pid);
+                        remove(&dir);
+                        return Err(failed(
+                            Side::Source,
+                            format!("the source aborted after the restore: {reason}"),
+                        ));
+                    }
+                    Ok(other) => {
+                        tracing::warn!(?other, "no commit from the source");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the source went before confirming");
+                        false
+                    }
+                };
+                Ok(Arrival {
+                    id,
+                    pid,
+                    images_dir: dir,
+                    confirmed,
+                    file_bytes,
+                })
+            }
+            Err((side, why)) => {
+                let _ = wire::send(
+                    &mut link,
+                    &Msg::Failed {
+                        reason: why.clone(),
+                    },
+                )
+                .await;
+                remove(&dir);
+                *made = None;
+                Err(failed(side, why))
+            }
+        }
+    }
+
+    /// Page server, files, restore: the restored pid and the bytes received, or the
+    /// side that failed and why.
+    #[allow(clippy::too_many_arguments)]
+    async fn receive(
+        &self,
+        link: &mut Box<dyn Link>,
+        local: IpAddr,
+        dir: &Path,
+        tcp_established: bool,
+        shell_job: bool,
+        file_locks: bool,
+        ext_unix_sk: bool,
+    ) -> std::result::Result<(i32, u64), (Side, String)> {
+        let link_err = |e: std::io::Error| (Side::Link, format!("the control connection: {e}"));
+        let mut ps_opts = PageServerOptions::new()
+            .images_dir(dir)
+            .address(local.to_string())
+            .port(0);
+        if let Security::Tls(f) = &self.security {
+            // criu checks a peer's name against its own address: right for the
+            // dumping side, meaningless here (the client's certificate is still
+            // checked against the CA).
+            ps_opts = ps_opts
+                .tls(true)
+                .tls_no_cn_verify(true)
+                .tls_cacert(f.ca.display().to_string())
+                .tls_cert(f.cert.display().to_string())
+                .tls_key(f.key.display().to_string());
+        }
+        let mut session = self
+            .criu
+            .session()
+            .map_err(|e| (Side::Destination, e.to_string()))?;
+        let ps = session
+            .page_server_child(ps_opts)
+            .await
+            .map_err(|e| (Side::Destination, format!("page server: {}", chain(&e))))?;
+        let ps_pid = ps
+            .pid
+            .ok_or((Side::Destination, "page server without a pid".to_owned()))?;
+        wire::send(
+            link,
+            &Msg::Ready {
+                page_server_port: ps.port,
+            },
+        )
+        .await
+        .map_err(link_err)?;
+        let files = receive_files(link, dir).await;
+        // The dump disconnected from the page server before its post-dump hook: the
+        // pages are all here once the server has exited.
+        // Waited for whatever the files' fate: criu's child, it would otherwise
+        // outlive criu as nobody's.
+        let waited = tokio::time::timeout(PAGE_SERVER_END, session.wait_pid(ps_pid)).await;
+        let file_bytes = files?;
+        let status = waited
+            .map_err(|_| {
+                (
+                    Side::Destination,
+                    "the page server did not finish".to_owned(),
+                )
+            })?
+            .map_err(|e| (Side::Destination, format!("page server: {}", chain(&e))))?;
+        if !status.success() {
+            return Err((
+                Side::Destination,
+                format!("the page server failed ({status})"),
+            ));
+        }
+        let opts = RestoreOptions::new()
+            .images_dir(dir)
+            .tcp_established(tcp_established)
+            .shell_job(shell_job)
+            .file_locks(file_locks)
+            .ext_unix_sk(ext_unix_sk);
+        let restored = self
+            .criu
+            .restore(opts)
+            .await
+            .map_err(|e| (Side::Destination, format!("restore: {}", chain(&e))))?;
+        wire::send(link, &Msg::Restored { pid: restored.pid })
+            .await
+            .map_err(link_err)?;
+        Ok((restored.pid, file_bytes))
+    }
+}
+
+/// The source's image files until its `Restore`: the bytes received, or the side
+/// that failed and why.
+async fn receive_files(
+    link: &mut Box<dyn Link>,
+    dir: &Path,
+) -> std::result::Result<u64, (Side, String)> {
+    let link_err = |e: std::io::Error| (Side::Link, format!("the control connection: {e}"));
+    let mut file_bytes = 0;
+    // The first file refused; the rest are still read (and dropped), so that the
+    // source, which sends them all before it listens, reads the refusal as the
+    // answer to its restore rather than a reset connection.
+    let mut refused: Option<(Side, String)> = None;
+    loop {
+        match wire::recv(link).await.map_err(link_err)? {
+            Msg::File { size, .. } if size > MAX_FILE => {
+                return Err((
+                    Side::Source,
+                    format!("an image file of {size} bytes refused"),
+                ));
+            }
+            Msg::File { size, .. } if refused.is_some() => {
+                wire::drain(link, size).await.map_err(link_err)?;
+            }
+            Msg::File { name, size, .. } if !wire::is_plain_name(&name) => {
+                wire::drain(link, size).await.map_err(link_err)?;
+                refused = Some((Side::Source, format!("image file name {name:?} refused")));
+            }
+            Msg::File { name, size, sha256 } => {
+                let path = dir.join(&name);
+                let got = wire::recv_file(link, size, &path).await.map_err(link_err)?;
+                if got != sha256 {
+                    let _ = std::fs::remove_file(&path);
+                    refused = Some((
+                        Side::Destination,
+                        format!(
+                            "image file {name} does not match its checksum: refused before restore"
+                        ),
+                    ));
+                }
+                file_bytes += size;
+            }
+            Msg::Restore => break,
+            Msg::Abort { reason } => return Err((Side::Source, reason)),
+            other => return Err((Side::Source, format!("expected a file, got {other:?}"))),
+        }
+    }
+    match refused {
+        Some(why) => Err(why),
+        None => Ok(file_bytes),
+    }
+}
+
+/// Tells the source why this side will not take the migration.
+async fn refuse(link: &mut Box<dyn Link>, why: String) -> Result<Arrival> {
+    let _ = wire::send(
+        link,
+        &Msg::Failed {
+            reason: why.clone(),
+        },
+    )
+    .await;
+    Err(failed(Side::Destination, why))
+}
+
+/// `major.minor.sublevel` of ours at least the source's.
+fn criu_at_least(ours: &crate::info::Version, theirs: &str) -> bool {
+    let mut parts = theirs.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let t = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    (ours.major, ours.minor, ours.sublevel) >= t
+}
+
+pub(super) fn failed(side: Side, reason: String) -> Error {
+    Error::Migration {
+        failed: side,
+        reason,
+        source_tree: RequestState::Untouched,
+    }
+}
+
+/// An error and its sources, each once.
+pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+fn remove(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a failed migration's images");
+    }
+}
+
+/// The restored root and its descendants, SIGKILLed.
+fn kill_tree(pid: i32) {
+    let me = std::process::id() as i32;
+    if let Some(held) = crate::process::Held::child_of(pid, &[1, me]) {
+        held.kill_tree();
+    }
+}

@@ -1,0 +1,390 @@
+//! The source: dumps the tree into the destination and lets it go only once it runs
+//! there.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use super::dest::{chain, failed};
+use super::wire::{self, Msg};
+use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed, tls};
+use crate::criu::Criu;
+use crate::error::{Error, RequestState, Result, Side};
+use crate::notify::{Hooks, Notification, Reply};
+use crate::options::{DumpOptions, NetworkLock};
+
+/// One migration of the tree rooted at `pid` to a [`Destination`](super::Destination).
+///
+/// # Example
+/// See the [module](super) docs.
+#[derive(Debug, Clone)]
+#[must_use = "a migration does nothing until `run`"]
+pub struct Migration {
+    pid: i32,
+    to: SocketAddr,
+    server_name: Option<String>,
+    security: Security,
+    id: Option<String>,
+    tcp_established: bool,
+    shell_job: bool,
+    file_locks: bool,
+    ext_unix_sk: bool,
+    network_lock: Option<NetworkLock>,
+    deadline: Duration,
+    work_dir: Option<PathBuf>,
+}
+
+/// A tree that moved.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Migrated {
+    /// The restored root's pid on the destination.
+    pub pid: i32,
+    /// From the tree's freeze on the source (criu's `pre-dump` hook) to its restore
+    /// on the destination being reported.
+    pub downtime: Duration,
+    /// The whole migration, connection to commit.
+    pub total: Duration,
+    /// The dump's memory: pages sent to the destination's page server.
+    pub pages_bytes: u64,
+    /// The other image files, sent on the control connection.
+    pub file_bytes: u64,
+}
+
+impl Migration {
+    /// A migration of `pid`'s tree to the destination listening at `to`.
+    pub fn new(pid: i32, to: SocketAddr, security: Security) -> Self {
+        Migration {
+            pid,
+            to,
+            server_name: None,
+            security,
+            id: None,
+            tcp_established: false,
+            shell_job: false,
+            file_locks: false,
+            ext_unix_sk: false,
+            network_lock: None,
+            deadline: DEFAULT_DEADLINE,
+            work_dir: None,
+        }
+    }
+
+    /// The name the destination's certificate carries (default: `to`'s address).
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// The migration's name: its directory on the destination (default
+    /// `<hostname>-<pid>-<time>`).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Move established TCP connections (criu's `tcp_established`).
+    pub fn tcp_established(mut self, on: bool) -> Self {
+        self.tcp_established = on;
+        self
+    }
+
+    /// The tree is a shell job (criu's `shell_job`).
+    pub fn shell_job(mut self, on: bool) -> Self {
+        self.shell_job = on;
+        self
+    }
+
+    /// Move file locks (criu's `file_locks`).
+    pub fn file_locks(mut self, on: bool) -> Self {
+        self.file_locks = on;
+        self
+    }
+
+    /// Move external unix sockets (criu's `ext_unix_sk`).
+    pub fn ext_unix_sk(mut self, on: bool) -> Self {
+        self.ext_unix_sk = on;
+        self
+    }
+
+    /// How the source's network is locked while the tree is frozen.
+    pub fn network_lock(mut self, lock: NetworkLock) -> Self {
+        self.network_lock = Some(lock);
+        self
+    }
+
+    /// The longest the migration may take (default [`DEFAULT_DEADLINE`]): past it,
+    /// the source tree resumes where it was.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Where the source writes the images that are not pages, before sending them
+    /// (default: a temporary directory, removed afterwards).
+    pub fn work_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.work_dir = Some(dir.into());
+        self
+    }
+
+    /// Moves the tree: see the [module](super) docs for the steps.
+    ///
+    /// # Errors
+    /// [`Error::Migration`] naming the side that failed and why; its `source_tree`
+    /// says what became of the tree here: [`RequestState::Untouched`] when it was
+    /// never frozen (the destination refused, the link failed first),
+    /// [`RequestState::RolledBack`] when criu resumed it at `post-dump`. Options
+    /// criu rejects are [`Error::InvalidOptions`], as for a dump.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before `post-dump` was answered rolls the dump back as
+    /// any dropped dump does (the tree runs on here) and drops the connection (the
+    /// destination removes what it received). Dropped after the destination reported
+    /// the restore, the dump commits: the tree runs on the destination.
+    pub async fn run(self, criu: &Criu) -> Result<Migrated> {
+        let started = Instant::now();
+        let host = self.to.ip();
+        let mut link = self.connect().await?;
+        let version = criu
+            .version()
+            .await
+            .map_err(|e| failed(Side::Source, format!("criu here: {}", chain(&e))))?;
+        let id = self.id.clone().unwrap_or_else(|| default_id(self.pid));
+        let lost = |e: std::io::Error| failed(Side::Link, format!("the control connection: {e}"));
+        wire::send(
+            &mut link,
+            &Msg::Hello {
+                protocol: wire::PROTOCOL,
+                id,
+                criu: format!("{}.{}.{}", version.major, version.minor, version.sublevel),
+                tcp_established: self.tcp_established,
+                shell_job: self.shell_job,
+                file_locks: self.file_locks,
+                ext_unix_sk: self.ext_unix_sk,
+            },
+        )
+        .await
+        .map_err(lost)?;
+        let port = match tokio::time::timeout(self.left(started), wire::recv(&mut link)).await {
+            Err(_) => return Err(failed(Side::Destination, "no answer to the plan".into())),
+            Ok(Err(e)) => return Err(lost(e)),
+            Ok(Ok(Msg::Ready { page_server_port })) => page_server_port,
+            Ok(Ok(Msg::Failed { reason })) => return Err(failed(Side::Destination, reason)),
+            Ok(Ok(other)) => {
+                return Err(failed(
+                    Side::Destination,
+                    format!("expected ready, got {other:?}"),
+                ));
+            }
+        };
+
+        let scratch;
+        let images = match &self.work_dir {
+            Some(d) => d.clone(),
+            None => {
+                scratch = tempfile::Builder::new()
+                    .prefix("criu-swrk-migrate.")
+                    .tempdir()
+                    .map_err(|e| Error::io("making the source's images directory", e))?;
+                scratch.path().to_owned()
+            }
+        };
+        let mut opts = DumpOptions::new(self.pid)
+            .images_dir(&images)
+            .page_server(host.to_string(), port)
+            .tcp_established(self.tcp_established)
+            .shell_job(self.shell_job)
+            .file_locks(self.file_locks)
+            .ext_unix_sk(self.ext_unix_sk)
+            .timeout(self.left(started));
+        if let Some(lock) = self.network_lock {
+            opts = opts.network_lock(lock);
+        }
+        if let Security::Tls(f) = &self.security {
+            opts = opts
+                .tls(true)
+                .tls_cacert(f.ca.display().to_string())
+                .tls_cert(f.cert.display().to_string())
+                .tls_key(f.key.display().to_string());
+        }
+        let mut hand = Handover {
+            link,
+            images: images.clone(),
+            deadline: started + self.left(started),
+            frozen_at: None,
+            restored: None,
+            failure: None,
+            file_bytes: 0,
+        };
+        let dumped = criu.dump_with(opts, &mut hand).await;
+        match (dumped, hand.restored) {
+            (Ok(out), Some((pid, at))) => {
+                // The tree is gone here: say so, so that the destination keeps it.
+                let _ = wire::send(&mut hand.link, &Msg::Commit).await;
+                let pages_bytes = out
+                    .stats
+                    .as_ref()
+                    .map_or(0, |s| s.pages_written * page_size());
+                Ok(Migrated {
+                    pid,
+                    downtime: hand.frozen_at.map_or(Duration::ZERO, |f| at - f),
+                    total: started.elapsed(),
+                    pages_bytes,
+                    file_bytes: hand.file_bytes,
+                })
+            }
+            (Ok(_), None) => Err(failed(
+                Side::Source,
+                "criu finished the dump without reaching post-dump".into(),
+            )),
+            (Err(e), _) => {
+                let reason = match &hand.failure {
+                    Some((_, why)) => why.clone(),
+                    None => chain(&e),
+                };
+                let _ = wire::send(
+                    &mut hand.link,
+                    &Msg::Abort {
+                        reason: reason.clone(),
+                    },
+                )
+                .await;
+                Err(Error::Migration {
+                    failed: hand.failure.map_or(Side::Source, |(side, _)| side),
+                    reason,
+                    source_tree: e.request_state().unwrap_or(RequestState::Unknown),
+                })
+            }
+        }
+    }
+
+    fn left(&self, started: Instant) -> Duration {
+        self.deadline.saturating_sub(started.elapsed())
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Link>> {
+        if self.security == Security::Insecure && !insecure_allowed(self.to.ip()) {
+            return Err(failed(
+                Side::Source,
+                format!(
+                    "plain TCP is refused to {} (loopback and RFC 5737 only)",
+                    self.to
+                ),
+            ));
+        }
+        let tcp = tokio::time::timeout(self.deadline, TcpStream::connect(self.to))
+            .await
+            .map_err(|_| failed(Side::Link, format!("connecting to {}: timed out", self.to)))?
+            .map_err(|e| failed(Side::Link, format!("connecting to {}: {e}", self.to)))?;
+        match &self.security {
+            Security::Insecure => Ok(Box::new(tcp)),
+            Security::Tls(files) => {
+                let name = tls::server_name(
+                    &self
+                        .server_name
+                        .clone()
+                        .unwrap_or_else(|| self.to.ip().to_string()),
+                )?;
+                let tls = tokio::time::timeout(self.deadline, files.client()?.connect(name, tcp))
+                    .await
+                    .map_err(|_| failed(Side::Link, "TLS: no handshake".into()))?
+                    .map_err(|e| failed(Side::Link, format!("TLS with {}: {e}", self.to)))?;
+                Ok(Box::new(tls))
+            }
+        }
+    }
+}
+
+/// The dump's hooks: at `post-dump`, the files go over and the destination restores;
+/// the answer to criu is the destination's.
+struct Handover {
+    link: Box<dyn Link>,
+    images: PathBuf,
+    deadline: Instant,
+    frozen_at: Option<Instant>,
+    restored: Option<(i32, Instant)>,
+    failure: Option<(Side, String)>,
+    file_bytes: u64,
+}
+
+impl Handover {
+    async fn hand_over(&mut self) -> std::result::Result<i32, (Side, String)> {
+        let link_err = |e: std::io::Error| (Side::Link, format!("the control connection: {e}"));
+        let mut names: Vec<String> = std::fs::read_dir(&self.images)
+            .map_err(|e| {
+                (
+                    Side::Source,
+                    format!("reading {}: {e}", self.images.display()),
+                )
+            })?
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for name in names {
+            self.file_bytes += wire::send_file(&mut self.link, &name, &self.images.join(&name))
+                .await
+                .map_err(link_err)?;
+        }
+        wire::send(&mut self.link, &Msg::Restore)
+            .await
+            .map_err(link_err)?;
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, wire::recv(&mut self.link)).await {
+            Err(_) => Err((Side::Destination, "no restore within the deadline".into())),
+            Ok(Err(e)) => Err(link_err(e)),
+            Ok(Ok(Msg::Restored { pid })) => Ok(pid),
+            Ok(Ok(Msg::Failed { reason })) => Err((Side::Destination, reason)),
+            Ok(Ok(other)) => Err((
+                Side::Destination,
+                format!("expected restored, got {other:?}"),
+            )),
+        }
+    }
+}
+
+impl Hooks for Handover {
+    async fn on_notify(&mut self, n: Notification) -> Reply {
+        match n {
+            Notification::PreDump => {
+                self.frozen_at = Some(Instant::now());
+                Reply::ok()
+            }
+            Notification::PostDump => match self.hand_over().await {
+                Ok(pid) => {
+                    self.restored = Some((pid, Instant::now()));
+                    Reply::ok()
+                }
+                Err((side, why)) => {
+                    tracing::warn!(%side, reason = %why, "migration failed: the tree resumes here");
+                    let reply = Reply::fail(why.clone());
+                    self.failure = Some((side, why));
+                    reply
+                }
+            },
+            _ => Reply::ok(),
+        }
+    }
+}
+
+fn default_id(pid: i32) -> String {
+    let host = nix::sys::utsname::uname()
+        .ok()
+        .and_then(|u| u.nodename().to_str().map(str::to_owned))
+        .filter(|h| wire::is_plain_name(h) && !h.starts_with('.'))
+        .unwrap_or_else(|| "host".into());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{host}-{pid}-{secs}")
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64)
+}

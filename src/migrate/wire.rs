@@ -1,0 +1,179 @@
+//! The control connection's messages: each a frame of a 4-byte big-endian length and
+//! a JSON object; a file's bytes follow its [`Msg::File`] frame raw.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The protocol spoken; a peer speaking another is refused.
+pub(crate) const PROTOCOL: u32 = 1;
+/// The largest control frame accepted: plans and answers are small.
+const MAX_FRAME: u32 = 64 * 1024;
+
+/// What the two sides say to each other, in this order: `Hello`, `Ready` (or
+/// `Failed`), the source's `File`s and `Restore` while its dump waits at
+/// `post-dump`, `Restored` (or `Failed`), then `Commit` (the source tree is gone) or
+/// `Abort` (it runs on: the destination kills what it restored).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "msg", rename_all = "kebab-case")]
+pub(crate) enum Msg {
+    Hello {
+        protocol: u32,
+        /// The migration's name: the directory under the destination's images root.
+        id: String,
+        /// The source's criu, `major.minor.sublevel`.
+        criu: String,
+        tcp_established: bool,
+        shell_job: bool,
+        file_locks: bool,
+        ext_unix_sk: bool,
+    },
+    Ready {
+        page_server_port: u16,
+    },
+    /// An image file; its `size` bytes follow.
+    File {
+        name: String,
+        size: u64,
+        sha256: String,
+    },
+    Restore,
+    Restored {
+        pid: i32,
+    },
+    Failed {
+        reason: String,
+    },
+    Commit,
+    Abort {
+        reason: String,
+    },
+}
+
+pub(crate) async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &Msg) -> std::io::Result<()> {
+    let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    w.write_all(&body).await?;
+    w.flush().await
+}
+
+pub(crate) async fn recv<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Msg> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a {len}-byte control frame (at most {MAX_FRAME})"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Sends `path` as a [`Msg::File`] and its bytes; returns the bytes sent.
+pub(crate) async fn send_file<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    name: &str,
+    path: &std::path::Path,
+) -> std::io::Result<u64> {
+    let bytes = tokio::fs::read(path).await?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    send(
+        w,
+        &Msg::File {
+            name: name.to_owned(),
+            size: bytes.len() as u64,
+            sha256,
+        },
+    )
+    .await?;
+    w.write_all(&bytes).await?;
+    w.flush().await?;
+    Ok(bytes.len() as u64)
+}
+
+/// Reads `size` bytes into `path`, hashing them; the lowercase hex SHA-256.
+pub(crate) async fn recv_file<R: AsyncRead + Unpin>(
+    r: &mut R,
+    size: u64,
+    path: &std::path::Path,
+) -> std::io::Result<String> {
+    let mut file = tokio::fs::File::create_new(path).await?;
+    let mut hash = Sha256::new();
+    let mut left = size;
+    let mut buf = vec![0u8; 256 * 1024];
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = r.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        hash.update(&buf[..n]);
+        file.write_all(&buf[..n]).await?;
+        left -= n as u64;
+    }
+    file.flush().await?;
+    Ok(hex(&hash.finalize()))
+}
+
+/// Reads and drops `size` bytes (a file refused, so that the sender gets to read
+/// the refusal rather than a reset connection).
+pub(crate) async fn drain<R: AsyncRead + Unpin>(r: &mut R, size: u64) -> std::io::Result<()> {
+    let copied = tokio::io::copy(&mut r.take(size), &mut tokio::io::sink()).await?;
+    if copied < size {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// A file name the destination writes as sent: one plain path component.
+pub(crate) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && name.len() <= 255
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_and_files_round_trip_and_oversized_frames_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("core-1.img");
+        std::fs::write(&src, b"criu image bytes").unwrap();
+        send(&mut a, &Msg::Restore).await.unwrap();
+        send_file(&mut a, "core-1.img", &src).await.unwrap();
+        assert_eq!(recv(&mut b).await.unwrap(), Msg::Restore);
+        let Msg::File { name, size, sha256 } = recv(&mut b).await.unwrap() else {
+            panic!("a file");
+        };
+        let dst = dir.path().join("copy");
+        let got = recv_file(&mut b, size, &dst).await.unwrap();
+        assert_eq!((name.as_str(), got), ("core-1.img", sha256));
+        assert_eq!(std::fs::read(&dst).unwrap(), b"criu image bytes");
+
+        a.write_all(&(MAX_FRAME + 1).to_be_bytes()).await.unwrap();
+        let e = recv(&mut b).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn only_plain_names_are_written() {
+        assert!(is_plain_name("pages-1.img"));
+        for bad in ["", ".", "..", "../x", "a/b", "/etc/passwd"] {
+            assert!(!is_plain_name(bad), "{bad}");
+        }
+    }
+}
