@@ -227,6 +227,10 @@ async fn stop_and_copy_over_mutual_tls_moves_the_tree_intact_and_ends_the_source
     assert!(moved.pages_bytes >= 64 << 20, "{moved:?}");
     assert!(moved.file_bytes < 4 << 20, "{moved:?}");
     assert!(moved.downtime > Duration::ZERO && moved.downtime < moved.total);
+    let p = moved.phases;
+    assert!(p.dump > Duration::ZERO && p.restore > Duration::ZERO, "{p:?}");
+    let sum = p.connect + p.plan + p.dump + p.transfer + p.restore + p.commit;
+    assert!(sum <= moved.total, "{p:?} add up to more than {:?}", moved.total);
     // The source tree is gone; the copy runs there with its memory intact.
     target.reap_dumped();
     let restored = target.restored(moved.pid);
@@ -477,6 +481,7 @@ async fn the_cli_moves_a_tree_over_loopback_when_asked_for_plain_tcp() {
     let v: serde_json::Value = serde_json::from_str(line.trim())
         .unwrap_or_else(|e| panic!("{line:?}: {e}; {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(v["ok"], true, "{v}");
+    assert!(v["phases_ms"]["restore"].as_f64().unwrap() > 0.0, "{v}");
     let arrived = served.await.unwrap().unwrap();
     assert_eq!(v["restored_pid"], arrived.pid);
     assert!(arrived.confirmed);

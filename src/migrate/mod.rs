@@ -58,7 +58,7 @@ mod tls;
 mod wire;
 
 pub use dest::{Arrival, Destination};
-pub use source::{Migrated, Migration};
+pub use source::{Migrated, Migration, Phases};
 pub use tls::TlsFiles;
 
 /// How the control connection (and criu's page-server connection) is protected.

@@ -47,10 +47,30 @@ pub struct Migrated {
     pub downtime: Duration,
     /// The whole migration, connection to commit.
     pub total: Duration,
+    /// Each phase's time, in order.
+    pub phases: Phases,
     /// The dump's memory: pages sent to the destination's page server.
     pub pages_bytes: u64,
     /// The other image files, sent on the control connection.
     pub file_bytes: u64,
+}
+
+/// How long each phase of a migration took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Phases {
+    /// Connecting and the TLS handshake.
+    pub connect: Duration,
+    /// The plan, until the destination's page server listened.
+    pub plan: Duration,
+    /// The dump, from its request to `post-dump` (memory sent to the page server).
+    pub dump: Duration,
+    /// The other image files, sent and checked.
+    pub transfer: Duration,
+    /// The destination's restore, until reported.
+    pub restore: Duration,
+    /// The dump's end here (the source tree ended), after the restore.
+    pub commit: Duration,
 }
 
 impl Migration {
@@ -144,9 +164,16 @@ impl Migration {
     /// destination removes what it received). Dropped after the destination reported
     /// the restore, the dump commits: the tree runs on the destination.
     pub async fn run(self, criu: &Criu) -> Result<Migrated> {
+        let span = tracing::info_span!("migrate", pid = self.pid, to = %self.to);
+        tracing::Instrument::instrument(self.run_inner(criu), span).await
+    }
+
+    async fn run_inner(self, criu: &Criu) -> Result<Migrated> {
         let started = Instant::now();
         let host = self.to.ip();
         let mut link = self.connect().await?;
+        let connected = Instant::now();
+        tracing::info!(took = ?connected - started, "connected");
         let version = criu
             .version()
             .await
@@ -180,6 +207,8 @@ impl Migration {
             }
         };
 
+        let planned = Instant::now();
+        tracing::info!(port, took = ?planned - connected, "the destination's page server listens");
         let scratch;
         let images = match &self.work_dir {
             Some(d) => d.clone(),
@@ -214,11 +243,14 @@ impl Migration {
             images: images.clone(),
             deadline: started + self.left(started),
             frozen_at: None,
+            post_dump_at: None,
+            sent_at: None,
             restored: None,
             failure: None,
             file_bytes: 0,
         };
         let dumped = criu.dump_with(opts, &mut hand).await;
+        let ended = Instant::now();
         match (dumped, hand.restored) {
             (Ok(out), Some((pid, at))) => {
                 // The tree is gone here: say so, so that the destination keeps it.
@@ -227,10 +259,22 @@ impl Migration {
                     .stats
                     .as_ref()
                     .map_or(0, |s| s.pages_written * page_size());
+                let post_dump = hand.post_dump_at.unwrap_or(at);
+                let sent = hand.sent_at.unwrap_or(at);
+                let phases = Phases {
+                    connect: connected - started,
+                    plan: planned - connected,
+                    dump: post_dump - planned,
+                    transfer: sent - post_dump,
+                    restore: at - sent,
+                    commit: ended - at,
+                };
+                tracing::info!(restored = pid, ?phases, "migrated");
                 Ok(Migrated {
                     pid,
                     downtime: hand.frozen_at.map_or(Duration::ZERO, |f| at - f),
                     total: started.elapsed(),
+                    phases,
                     pages_bytes,
                     file_bytes: hand.file_bytes,
                 })
@@ -304,6 +348,8 @@ struct Handover {
     images: PathBuf,
     deadline: Instant,
     frozen_at: Option<Instant>,
+    post_dump_at: Option<Instant>,
+    sent_at: Option<Instant>,
     restored: Option<(i32, Instant)>,
     failure: Option<(Side, String)>,
     file_bytes: u64,
@@ -311,6 +357,7 @@ struct Handover {
 
 impl Handover {
     async fn hand_over(&mut self) -> std::result::Result<i32, (Side, String)> {
+        self.post_dump_at = Some(Instant::now());
         let link_err = |e: std::io::Error| (Side::Link, format!("the control connection: {e}"));
         let mut names: Vec<String> = std::fs::read_dir(&self.images)
             .map_err(|e| {
@@ -332,6 +379,11 @@ impl Handover {
         wire::send(&mut self.link, &Msg::Restore)
             .await
             .map_err(link_err)?;
+        self.sent_at = Some(Instant::now());
+        tracing::info!(
+            bytes = self.file_bytes,
+            "image files sent; the destination restores"
+        );
         let left = self.deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, wire::recv(&mut self.link)).await {
             Err(_) => Err((Side::Destination, "no restore within the deadline".into())),

@@ -102,9 +102,17 @@ pub async fn migrate(criu: &Criu, a: MigrateArgs, json: bool) -> bool {
                 println!(
                     "{}",
                     json!({"ok": true, "pid": a.pid, "to": a.to.to_string(), "restored_pid": moved.pid,
-                           "downtime_ms": moved.downtime.as_secs_f64() * 1e3,
-                           "total_ms": moved.total.as_secs_f64() * 1e3,
-                           "pages_bytes": moved.pages_bytes, "file_bytes": moved.file_bytes})
+                    "downtime_ms": moved.downtime.as_secs_f64() * 1e3,
+                    "total_ms": moved.total.as_secs_f64() * 1e3,
+                    "pages_bytes": moved.pages_bytes, "file_bytes": moved.file_bytes,
+                    "phases_ms": {
+                        "connect": moved.phases.connect.as_secs_f64() * 1e3,
+                        "plan": moved.phases.plan.as_secs_f64() * 1e3,
+                        "dump": moved.phases.dump.as_secs_f64() * 1e3,
+                        "transfer": moved.phases.transfer.as_secs_f64() * 1e3,
+                        "restore": moved.phases.restore.as_secs_f64() * 1e3,
+                        "commit": moved.phases.commit.as_secs_f64() * 1e3,
+                    }})
                 );
             } else {
                 println!(
@@ -116,6 +124,11 @@ pub async fn migrate(criu: &Criu, a: MigrateArgs, json: bool) -> bool {
                     moved.total,
                     moved.pages_bytes >> 20,
                     moved.file_bytes >> 10
+                );
+                let p = moved.phases;
+                println!(
+                    "  connect {:?}, plan {:?}, dump {:?}, transfer {:?}, restore {:?}, commit {:?}",
+                    p.connect, p.plan, p.dump, p.transfer, p.restore, p.commit
                 );
             }
             true
