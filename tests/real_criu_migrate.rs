@@ -228,9 +228,16 @@ async fn stop_and_copy_over_mutual_tls_moves_the_tree_intact_and_ends_the_source
     assert!(moved.file_bytes < 4 << 20, "{moved:?}");
     assert!(moved.downtime > Duration::ZERO && moved.downtime < moved.total);
     let p = moved.phases;
-    assert!(p.dump > Duration::ZERO && p.restore > Duration::ZERO, "{p:?}");
+    assert!(
+        p.dump > Duration::ZERO && p.restore > Duration::ZERO,
+        "{p:?}"
+    );
     let sum = p.connect + p.plan + p.dump + p.transfer + p.restore + p.commit;
-    assert!(sum <= moved.total, "{p:?} add up to more than {:?}", moved.total);
+    assert!(
+        sum <= moved.total,
+        "{p:?} add up to more than {:?}",
+        moved.total
+    );
     // The source tree is gone; the copy runs there with its memory intact.
     target.reap_dumped();
     let restored = target.restored(moved.pid);
