@@ -530,8 +530,7 @@ impl fmt::Display for Interruption {
 }
 
 /// `err` and its sources, each once: `cannot start /x: No such file or directory`.
-#[cfg(test)]
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut next = err.source();
     while let Some(e) = next {

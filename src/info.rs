@@ -144,6 +144,14 @@ impl From<CriuFeatures> for Features {
     }
 }
 
+/// This machine's page size (criu counts memory in pages).
+pub(crate) fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

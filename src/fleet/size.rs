@@ -8,7 +8,7 @@ use std::path::Path;
 /// (`/proc/PID/statm`), walking `/proc/PID/task/TID/children`. Memory shared
 /// between the tree's processes counts once per process, as criu dumps it.
 pub(crate) fn tree_rss(pid: i32) -> u64 {
-    let page = page_size();
+    let page = crate::info::page_size();
     let mut total = 0;
     let mut seen = Vec::new();
     let mut todo = vec![pid];
@@ -56,13 +56,6 @@ fn resident_pages(pid: i32) -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
-}
-
-fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .map_or(4096, |p| p as u64)
 }
 
 #[cfg(test)]

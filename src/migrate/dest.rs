@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use super::wire::{self, Msg};
 use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed};
 use crate::criu::Criu;
-use crate::error::{Error, RequestState, Result, Side};
+use crate::error::{Error, RequestState, Result, Side, chain};
 use crate::options::{PageServerOptions, RestoreOptions};
 
 /// The largest image file accepted over the control connection (pages go to the
@@ -429,18 +429,6 @@ pub(super) fn failed(side: Side, reason: String) -> Error {
         reason,
         source_tree: RequestState::Untouched,
     }
-}
-
-/// An error and its sources, each once.
-pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        next = s.source();
-    }
-    out
 }
 
 fn remove(dir: &Path) {

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use super::dest::{chain, failed};
+use super::dest::failed;
 use super::wire::{self, Msg};
 use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed, tls};
 use crate::criu::Criu;
-use crate::error::{Error, RequestState, Result, Side};
+use crate::error::{Error, RequestState, Result, Side, chain};
 use crate::notify::{Hooks, Notification, Reply};
 use crate::options::{DumpOptions, NetworkLock};
 
@@ -258,7 +258,7 @@ impl Migration {
                 let pages_bytes = out
                     .stats
                     .as_ref()
-                    .map_or(0, |s| s.pages_written * page_size());
+                    .map_or(0, |s| s.pages_written * crate::info::page_size());
                 let post_dump = hand.post_dump_at.unwrap_or(at);
                 let sent = hand.sent_at.unwrap_or(at);
                 let phases = Phases {
@@ -432,11 +432,4 @@ fn default_id(pid: i32) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     format!("{host}-{pid}-{secs}")
-}
-
-fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .map_or(4096, |p| p as u64)
 }
