@@ -196,6 +196,18 @@ fn tls_args(f: &TlsFiles) -> Vec<String> {
     ]
 }
 
+/// Returns once the source is handing its image files over (its dump waits at
+/// post-dump): the first of them appears in the destination's directory `dir` (the
+/// page server's own files, pages and its log, come earlier).
+fn wait_for_hand_over(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let handed_over = |p: &PathBuf| !p.file_name().unwrap().to_string_lossy().starts_with("page");
+    while !files_in(dir).iter().any(handed_over) {
+        assert!(Instant::now() < deadline, "no image file arrived");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -383,20 +395,9 @@ async fn the_destination_killed_mid_migration_leaves_the_source_running_intact()
     let target = env.ns_workload(64);
     let addr = serve.addr;
     let mut serve = serve;
-    // Killed once the source is handing its image files over (its dump waits at
-    // post-dump): the first of them appears in the destination's directory (the
-    // page server's own files, pages and its log, come earlier).
+    // Killed once the source is handing its image files over.
     let killer = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let dir = root.join("cut");
-        let handed_over = |p: &PathBuf| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            !name.starts_with("page")
-        };
-        while !files_in(&dir).iter().any(handed_over) {
-            assert!(Instant::now() < deadline, "no file arrived");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_hand_over(&root.join("cut"));
         serve.child.kill().unwrap();
         serve.child.wait().unwrap();
     });
@@ -432,14 +433,7 @@ async fn the_link_cut_mid_migration_resumes_the_source_within_its_deadline() {
     let dir = root.join("cut");
     // The veth goes down once the source hands its files over: no reset, no answer.
     let cutter = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !files_in(&dir)
-            .iter()
-            .any(|p| !p.file_name().unwrap().to_string_lossy().starts_with("page"))
-        {
-            assert!(Instant::now() < deadline, "no file arrived");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_hand_over(&dir);
         ip(&["link", "set", &veth, "down"]);
     });
     let started = Instant::now();
