@@ -427,7 +427,9 @@ async fn the_link_cut_mid_migration_resumes_the_source_within_its_deadline() {
     let host = Host::new();
     let pki = Pki::new("criu-swrk test CA");
     let root = env.subdir("incoming");
-    let serve = host.serve(&root, &tls_args(&pki.side(&host.there)));
+    let mut security = tls_args(&pki.side(&host.there));
+    security.extend(["--deadline".into(), "15".into()]);
+    let serve = host.serve(&root, &security);
     let target = env.ns_workload(64);
     let veth = host.veth.clone();
     let dir = root.join("cut");
@@ -458,7 +460,19 @@ async fn the_link_cut_mid_migration_resumes_the_source_within_its_deadline() {
     // The deadline plus criu's rollback, not TCP's minutes of retries.
     assert!(took < Duration::from_secs(20), "took {took:?}: {err}");
     target.assert_alive_and_intact();
-    drop(serve);
+    // The destination says what it did: gave up before restoring, or restored a copy
+    // whose source never confirmed (which the source, cut off, did not let go).
+    let said = serve.result();
+    match said["event"].as_str() {
+        Some("failed") => {}
+        Some("arrived") => {
+            assert_eq!(said["confirmed"], false, "{said}");
+            let copy = nix::unistd::Pid::from_raw(said["pid"].as_i64().unwrap() as i32);
+            let _ = nix::sys::signal::kill(copy, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(copy, None);
+        }
+        other => panic!("serve said {other:?}: {said}"),
+    }
     drop(host);
 }
 

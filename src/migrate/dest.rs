@@ -78,8 +78,11 @@ impl Destination {
     }
 
     /// How long one migration may take here, from the connection to the restored
-    /// tree (default [`DEFAULT_DEADLINE`]). Past it the migration is abandoned: what
-    /// arrived is removed and the source, told nothing more, resumes its tree.
+    /// tree and the source's last word (default [`DEFAULT_DEADLINE`]). Past it before
+    /// the restore, the migration is abandoned: what arrived is removed and the
+    /// source, told nothing more, resumes its tree. Past it after the restore, the
+    /// tree stays and is reported with [`Arrival::confirmed`] false: the source may
+    /// have let its own go.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
@@ -132,12 +135,22 @@ impl Destination {
             }
         };
         let left = self.deadline.saturating_sub(started.elapsed());
-        let mut arrival = None;
-        let run = self.arrive(link, local, &mut arrival);
+        let mut progress = Progress::default();
+        let run = self.arrive(link, local, &mut progress);
         match tokio::time::timeout(left, run).await {
             Ok(result) => result,
+            // Restored, but the source's word never came: the tree runs here, and
+            // whether the source still holds its own is unknown. Said as it is.
+            Err(_) if progress.restored.is_some() => {
+                let arrival = progress.restored.take().expect("checked");
+                tracing::warn!(
+                    pid = arrival.pid,
+                    "no word from the source within the deadline"
+                );
+                Ok(arrival)
+            }
             Err(_) => {
-                if let Some(dir) = arrival.take() {
+                if let Some(dir) = progress.made.take() {
                     remove(&dir);
                 }
                 Err(failed(
@@ -148,13 +161,13 @@ impl Destination {
         }
     }
 
-    /// The migration after the handshake; `made` is the images directory once made
-    /// (removed by the caller if the deadline passes).
+    /// The migration after the handshake; `progress` records how far it got, for the
+    /// caller's deadline.
     async fn arrive(
         &self,
         mut link: Box<dyn Link>,
         local: IpAddr,
-        made: &mut Option<PathBuf>,
+        progress: &mut Progress,
     ) -> Result<Arrival> {
         let lost = |e: std::io::Error| failed(Side::Link, format!("the control connection: {e}"));
         let hello = wire::recv(&mut link).await.map_err(lost)?;
@@ -202,7 +215,7 @@ impl Destination {
         if let Err(e) = std::fs::create_dir(&dir) {
             return refuse(&mut link, format!("cannot make {}: {e}", dir.display())).await;
         }
-        *made = Some(dir.clone());
+        progress.made = Some(dir.clone());
         let result = self
             .receive(
                 &mut link,
@@ -216,12 +229,20 @@ impl Destination {
             .await;
         match result {
             Ok((pid, file_bytes)) => {
-                *made = None;
+                progress.made = None;
+                progress.restored = Some(Arrival {
+                    id: id.clone(),
+                    pid,
+                    images_dir: dir.clone(),
+                    confirmed: false,
+                    file_bytes,
+                });
                 // The source's last word: its tree is gone (commit), or it kept it.
                 let confirmed = match wire::recv(&mut link).await {
                     Ok(Msg::Commit) => true,
                     Ok(Msg::Abort { reason }) => {
                         tracing::warn!(pid, %reason, "the source kept its tree: killing the copy");
+                        progress.restored = None;
                         kill_tree(pid);
                         remove(&dir);
                         return Err(failed(
@@ -255,7 +276,7 @@ impl Destination {
                 )
                 .await;
                 remove(&dir);
-                *made = None;
+                progress.made = None;
                 Err(failed(side, why))
             }
         }
@@ -398,6 +419,14 @@ async fn receive_files(
         Some(why) => Err(why),
         None => Ok(file_bytes),
     }
+}
+
+/// How far a migration got, for its deadline: the images directory once made (removed
+/// if the deadline passes before the restore), the tree once restored.
+#[derive(Default)]
+struct Progress {
+    made: Option<PathBuf>,
+    restored: Option<Arrival>,
 }
 
 /// Tells the source why this side will not take the migration.
