@@ -120,13 +120,7 @@ async fn a_missing_program_is_an_error_not_a_child() {
 
 #[tokio::test]
 async fn kill_then_wait_reports_the_signal() {
-    let (_r, w) = std::io::pipe().unwrap();
-    let plan = FdPlan {
-        stderr: w.into(),
-        first_mapped: 3,
-        mapped: vec![],
-    };
-    let mut child = start(Path::new("/bin/sleep"), &["60".into()], plan).unwrap();
+    let mut child = sleeper();
     assert!(child.try_wait().unwrap().is_none());
     child.start_kill().unwrap();
     let status = child.wait().await.unwrap();
@@ -137,13 +131,7 @@ async fn kill_then_wait_reports_the_signal() {
 
 #[tokio::test]
 async fn a_dropped_child_is_killed_and_reaped() {
-    let (_r, w) = std::io::pipe().unwrap();
-    let plan = FdPlan {
-        stderr: w.into(),
-        first_mapped: 3,
-        mapped: vec![],
-    };
-    let child = start(Path::new("/bin/sleep"), &["60".into()], plan).unwrap();
+    let child = sleeper();
     let pid = child.id();
     drop(child);
     let gone = async {
@@ -162,15 +150,7 @@ fn a_child_dropped_outside_a_runtime_is_reaped_too() {
         .enable_all()
         .build()
         .unwrap();
-    let (_r, w) = std::io::pipe().unwrap();
-    let plan = FdPlan {
-        stderr: w.into(),
-        first_mapped: 3,
-        mapped: vec![],
-    };
-    let child = rt
-        .block_on(async { start(Path::new("/bin/sleep"), &["60".into()], plan) })
-        .unwrap();
+    let child = rt.block_on(async { sleeper() });
     let pid = child.id();
     drop(rt);
     drop(child);
@@ -195,13 +175,7 @@ async fn dropped_children_share_one_reaper_thread() {
     };
     let mut pids = Vec::new();
     for _ in 0..20 {
-        let (_r, w) = std::io::pipe().unwrap();
-        let plan = FdPlan {
-            stderr: w.into(),
-            first_mapped: 3,
-            mapped: vec![],
-        };
-        let child = start(Path::new("/bin/sleep"), &["60".into()], plan).unwrap();
+        let child = sleeper();
         pids.push(child.id());
         drop(child);
     }
@@ -217,4 +191,15 @@ async fn dropped_children_share_one_reaper_thread() {
         .await
         .expect("every dropped child is reaped");
     assert_eq!(reapers(), 1, "one reaper thread for every orphan");
+}
+
+/// `sleep 60`, with a stderr nobody reads and no fds mapped.
+fn sleeper() -> Child {
+    let (_r, w) = std::io::pipe().unwrap();
+    let plan = FdPlan {
+        stderr: w.into(),
+        first_mapped: 3,
+        mapped: vec![],
+    };
+    start(Path::new("/bin/sleep"), &["60".into()], plan).unwrap()
 }
