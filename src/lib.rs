@@ -122,6 +122,7 @@ pub use options::{
     PageServerOptions, PassFd, PreDumpMode, PreDumpOptions, RestoreOptions,
 };
 pub use outcome::{DumpOutcome, PageServer, PreDumpOutcome, RestoreOutcome};
+pub use process::reap_dropped;
 pub use session::{DEFAULT_GRACE, PreDumpLoop, Session};
 /// Re-exported: cancels requests ([`DumpOptions::cancel_on`]) and batches.
 pub use tokio_util::sync::CancellationToken;

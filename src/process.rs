@@ -602,5 +602,27 @@ impl Drop for Child {
 }
 
 mod reaper;
+pub(crate) use reaper::{settle, sweep};
 #[cfg(test)]
 mod tests;
+
+/// For a program about to exit: waits up to `within` until the criu processes it
+/// dropped earlier (killed, and handed to a background thread to reap) are reaped,
+/// so that none outlives it as a zombie of its own parent. Returns whether none is
+/// left.
+///
+/// Dropping a [`Session`](crate::Session), a [`LazyPages`](crate::lazy::LazyPages)
+/// or an unfinished request kills criu at once; the reaping happens on a thread of
+/// the crate's, which the process exiting would cut short.
+///
+/// # Example
+/// ```no_run
+/// # async fn work() {}
+/// # async fn run() {
+/// work().await;
+/// criu_swrk::reap_dropped(std::time::Duration::from_secs(2));
+/// # }
+/// ```
+pub fn reap_dropped(within: std::time::Duration) -> bool {
+    settle(within)
+}

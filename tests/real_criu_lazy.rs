@@ -10,25 +10,6 @@ use std::time::{Duration, Instant};
 use criu_swrk::lazy::LazyPagesOptions;
 use criu_swrk::{DumpOptions, Error, Notification, Reply, RestoreOptions};
 
-const PIPE_MAX_SIZE: &str = "/proc/sys/fs/pipe-max-size";
-
-/// Sets `fs.pipe-max-size` for the life of the guard.
-struct PipeMaxSize(String);
-
-impl PipeMaxSize {
-    fn set(value: u64) -> Self {
-        let old = std::fs::read_to_string(PIPE_MAX_SIZE).expect("reading pipe-max-size");
-        std::fs::write(PIPE_MAX_SIZE, value.to_string()).expect("setting pipe-max-size");
-        PipeMaxSize(old.trim().to_owned())
-    }
-}
-
-impl Drop for PipeMaxSize {
-    fn drop(&mut self) {
-        let _ = std::fs::write(PIPE_MAX_SIZE, &self.0);
-    }
-}
-
 #[tokio::test]
 #[ignore = "real criu: needs root and criu; scripts/test runs it (--include-ignored)"]
 async fn lazy_restore_from_local_images_delivers_all_memory() {
@@ -76,7 +57,7 @@ async fn lazy_dump_without_big_enough_pipes_is_refused_before_criu_fails_obscure
     let env = common::env();
     let target = env.workload(16);
     let images = env.subdir("images");
-    let _limit = PipeMaxSize::set(1024 * 1024);
+    let _limit = common::PipeMaxSize::set(1024 * 1024);
     let err = env
         .criu
         .dump(
@@ -164,7 +145,7 @@ async fn remote_post_copy_serves_pages_from_the_dumping_side() {
     let env = common::env();
     // criu needs 4 MiB pipes for a lazy dump (see the notes); put the old limit back
     // afterwards.
-    let _pipes = PipeMaxSize::set(4 * 1024 * 1024);
+    let _pipes = common::PipeMaxSize::set(4 * 1024 * 1024);
     // Its own PID namespace: the original stays (frozen) while its pages are served,
     // and the copy must not clash with its pid.
     let mut target = env.ns_workload(64);

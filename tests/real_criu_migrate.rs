@@ -144,6 +144,25 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Shapes the source's side of the link to `rate` (tc's token bucket), a
+    /// stand-in for a slower network: the pages go that way.
+    fn shape(&self, rate: &str) {
+        let out = Command::new("tc")
+            .args([
+                "qdisc", "add", "dev", &self.veth, "root", "tbf", "rate", rate,
+            ])
+            .args(["burst", "1mb", "latency", "100ms"])
+            .output()
+            .expect("tc(8)");
+        assert!(
+            out.status.success(),
+            "tc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         // Deleting the namespace deletes the pair; the link is deleted too in case
@@ -302,8 +321,8 @@ async fn a_client_without_a_valid_certificate_is_refused_before_anything_is_writ
     target.assert_alive_and_intact();
 }
 
-/// Relays `from` to `to` both ways, flipping one byte of the first image file the
-/// source sends (the control connection in plain TCP: what TLS would refuse to let
+/// Relays `from` to `to` both ways, flipping one byte of the first image file of
+/// the dump the source sends (the control connection in plain TCP: what TLS would refuse to let
 /// anyone do, to show the checksums catch it).
 async fn tampering_relay(listener: tokio::net::TcpListener, to: SocketAddr) {
     let (mut src, _) = listener.accept().await.unwrap();
@@ -329,7 +348,8 @@ async fn tampering_relay(listener: tokio::net::TcpListener, to: SocketAddr) {
                 if src_r.read_exact(&mut data).await.is_err() {
                     break;
                 }
-                if !flipped && !data.is_empty() {
+                // cpuinfo.img comes before the dump: the first of the tree's images.
+                if !flipped && !data.is_empty() && msg["name"] != "cpuinfo.img" {
                     data[0] ^= 0x55;
                     flipped = true;
                 }
@@ -521,4 +541,118 @@ async fn the_cli_moves_a_tree_over_loopback_when_asked_for_plain_tcp() {
         err.contains("plain TCP is refused to 10.9.9.9:7070"),
         "{err}"
     );
+}
+
+/// Waits for the one copy of `target` to run, and returns it with the moment seen.
+fn copy_running(target: &common::NsTarget, within: Duration) -> i32 {
+    let deadline = Instant::now() + within;
+    loop {
+        assert!(Instant::now() < deadline, "no copy of the target ran");
+        if let [copy] = target.copies()[..] {
+            // The counter alone: reading the buffer would wait for all its pages.
+            let counter = || {
+                common::workload::read_memory(copy, target.info.counter, 8)
+                    .map(|b| u64::from_le_bytes(b[..8].try_into().unwrap()))
+            };
+            let first = counter();
+            std::thread::sleep(Duration::from_millis(200));
+            if let (Ok(a), Ok(b)) = (first, counter())
+                && b > a
+            {
+                return copy;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real criu: needs root and criu; scripts/test runs it (--include-ignored)"]
+async fn post_copy_runs_the_tree_on_the_destination_before_its_memory_has_arrived() {
+    let env = common::env();
+    let _pipes = common::PipeMaxSize::set(4 << 20);
+    let host = Host::new();
+    // 256 MiB at 400 Mbit/s: about 5 s of pages, time to see the copy run meanwhile.
+    host.shape("400mbit");
+    let pki = Pki::new("criu-swrk test CA");
+    let root = env.subdir("incoming");
+    let serve = host.serve(&root, &tls_args(&pki.side(&host.there)));
+    let mut target = env.ns_workload(256);
+    let migration = Migration::new(target.pid, serve.addr, Security::Tls(pki.side("source")))
+        .id("lazy")
+        .lazy(true)
+        .deadline(Duration::from_secs(40));
+    let criu = env.criu.clone();
+    let migration = tokio::spawn(async move { migration.run(&criu).await });
+    let copy = {
+        let t = &target;
+        tokio::task::block_in_place(|| copy_running(t, Duration::from_secs(60)))
+    };
+    // The copy counts on while the source still serves its pages: the source's
+    // tree is ended only once the last one has arrived.
+    assert!(!migration.is_finished(), "the pages were all there already");
+    assert!(
+        common::exists(target.pid),
+        "the source's tree ended before its pages were served"
+    );
+    let moved = migration
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("migration: {e}"));
+    assert_eq!(moved.pid, copy);
+    assert!(moved.pages_bytes >= 200 << 20, "{moved:?}");
+    assert!(moved.phases.pages > Duration::from_secs(1), "{moved:?}");
+    assert!(moved.downtime < moved.phases.pages, "{moved:?}");
+    let arrived = serve.result();
+    assert_eq!(arrived["event"], "arrived", "{arrived}");
+    assert_eq!(arrived["confirmed"], true, "{arrived}");
+    target.reap_dumped();
+    let restored = target.restored(moved.pid);
+    restored.assert_alive_and_intact();
+    common::assert_no_criu_left().await;
+    drop(restored);
+    drop(host);
+}
+
+#[tokio::test]
+#[ignore = "real criu: needs root and criu; scripts/test runs it (--include-ignored)"]
+async fn a_restore_failing_on_the_destination_resumes_the_source_in_either_mode() {
+    let env = common::env();
+    let _pipes = common::PipeMaxSize::set(4 << 20);
+    let host = Host::new();
+    let pki = Pki::new("criu-swrk test CA");
+    for lazy in [false, true] {
+        let root = env.subdir(if lazy { "incoming-lazy" } else { "incoming" });
+        let serve = host.serve(&root, &tls_args(&pki.side(&host.there)));
+        // Not in a pid namespace of its own: the restore needs the pid the frozen
+        // original still holds, and criu fails it.
+        let target = env.workload(16);
+        let err = Migration::new(target.pid, serve.addr, Security::Tls(pki.side("source")))
+            .id("clash")
+            .lazy(lazy)
+            .deadline(Duration::from_secs(60))
+            .run(&env.criu)
+            .await
+            .unwrap_err();
+        let Error::Migration {
+            failed,
+            reason,
+            source_tree,
+        } = &err
+        else {
+            panic!("lazy {lazy}: expected a migration error, got {err:?}");
+        };
+        assert_eq!(*failed, Side::Destination, "lazy {lazy}: {err}");
+        assert!(reason.contains("restore"), "lazy {lazy}: {err}");
+        assert_eq!(*source_tree, RequestState::RolledBack, "lazy {lazy}: {err}");
+        target.assert_alive_and_intact();
+        let said = serve.result();
+        assert_eq!(said["event"], "failed", "lazy {lazy}: {said}");
+        assert!(
+            files_in(&root).is_empty(),
+            "lazy {lazy}: left {:?}",
+            files_in(&root)
+        );
+    }
+    drop(host);
 }

@@ -50,7 +50,7 @@ use crate::outcome::{DumpOutcome, RestoreOutcome};
 use jobs::{Jobs, Slots};
 
 mod jobs;
-mod size;
+pub(crate) mod size;
 
 /// Runs requests for many targets concurrently, bounded.
 #[derive(Debug, Clone)]

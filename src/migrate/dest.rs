@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
+use super::tunnel;
 use super::wire::{self, Msg};
 use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed};
 use crate::criu::Criu;
 use crate::error::{Error, RequestState, Result, Side, chain};
-use crate::options::{PageServerOptions, RestoreOptions};
+use crate::lazy::LazyPagesOptions;
+use crate::options::{CpuinfoOptions, PageServerOptions, RestoreOptions};
 
 /// The largest image file accepted over the control connection (pages go to the
 /// page server, not here).
@@ -110,6 +112,8 @@ impl Destination {
             .map_err(|e| Error::io("the migration connection's address", e))?
             .ip();
         tracing::info!(%peer, "migration connection");
+        // Post-copy's page requests ride this connection and wait on each other.
+        let _ = tcp.set_nodelay(true);
         let started = Instant::now();
         let link: Box<dyn Link> = match &self.security {
             Security::Insecure if insecure_allowed(local) && insecure_allowed(peer.ip()) => {
@@ -150,6 +154,10 @@ impl Destination {
                 Ok(arrival)
             }
             Err(_) => {
+                // A tree still waiting for pages cannot run on: the source resumes.
+                if let Some(pid) = progress.running.take() {
+                    kill_tree(pid);
+                }
                 if let Some(dir) = progress.made.take() {
                     remove(&dir);
                 }
@@ -179,6 +187,8 @@ impl Destination {
             shell_job,
             file_locks,
             ext_unix_sk,
+            lazy,
+            memory_bytes,
         } = hello
         else {
             return Err(failed(
@@ -187,12 +197,14 @@ impl Destination {
             ));
         };
         if protocol != wire::PROTOCOL {
+            // Another protocol's frames cannot be read on.
             return refuse(
                 &mut link,
                 format!("protocol {protocol}, this side speaks {}", wire::PROTOCOL),
             )
             .await;
         }
+        let cpuinfo = self.read_cpuinfo(&mut link).await;
         if !wire::is_plain_name(&id) || id.starts_with('.') {
             return refuse(
                 &mut link,
@@ -211,22 +223,46 @@ impl Destination {
             )
             .await;
         }
+        let checked = match &cpuinfo {
+            Ok(scratch) => self.check_cpu(scratch).await,
+            Err(why) => Err(why.clone()),
+        };
+        drop(cpuinfo);
+        if let Err(why) = checked {
+            return refuse(&mut link, why).await;
+        }
+        // Stop-and-copy writes the tree's memory here; post-copy maps it straight in.
+        if !lazy
+            && let Some(free) = free_bytes(&self.images_root)
+            && free < memory_bytes
+        {
+            return refuse(
+                &mut link,
+                format!(
+                    "{} has {} MiB free, the tree needs about {} MiB",
+                    self.images_root.display(),
+                    free >> 20,
+                    memory_bytes.div_ceil(1 << 20)
+                ),
+            )
+            .await;
+        }
         let dir = self.images_root.join(&id);
         if let Err(e) = std::fs::create_dir(&dir) {
             return refuse(&mut link, format!("cannot make {}: {e}", dir.display())).await;
         }
         progress.made = Some(dir.clone());
-        let result = self
-            .receive(
-                &mut link,
-                local,
-                &dir,
-                tcp_established,
-                shell_job,
-                file_locks,
-                ext_unix_sk,
-            )
-            .await;
+        let restore = RestoreOptions::new()
+            .images_dir(&dir)
+            .tcp_established(tcp_established)
+            .shell_job(shell_job)
+            .file_locks(file_locks)
+            .ext_unix_sk(ext_unix_sk);
+        let result = if lazy {
+            self.receive_lazy(&mut link, &dir, restore, progress).await
+        } else {
+            self.receive(&mut link, local, &dir, restore).await
+        };
         match result {
             Ok((pid, file_bytes)) => {
                 progress.made = None;
@@ -282,18 +318,53 @@ impl Destination {
         }
     }
 
+    /// The source's `cpuinfo dump`, sent right after its hello: read whatever comes
+    /// next (so that a refusal is read, not reset), into a scratch directory.
+    async fn read_cpuinfo(
+        &self,
+        link: &mut Box<dyn Link>,
+    ) -> std::result::Result<tempfile::TempDir, String> {
+        let scratch = tempfile::Builder::new()
+            .prefix(".cpuinfo.")
+            .tempdir_in(&self.images_root)
+            .map_err(|e| {
+                format!(
+                    "cannot check the CPU in {}: {e}",
+                    self.images_root.display()
+                )
+            })?;
+        match wire::recv(link).await {
+            Ok(Msg::File { name, size, sha256 }) if name == "cpuinfo.img" && size <= 1 << 20 => {
+                let got = wire::recv_file(link, size, &scratch.path().join(&name))
+                    .await
+                    .map_err(|e| format!("the control connection: {e}"))?;
+                if got != sha256 {
+                    return Err("the source's cpuinfo.img does not match its checksum".into());
+                }
+            }
+            Ok(other) => return Err(format!("expected the source's cpuinfo.img, got {other:?}")),
+            Err(e) => return Err(format!("the control connection: {e}")),
+        }
+        Ok(scratch)
+    }
+
+    /// The source's CPU description checked against this CPU (criu's `cpuinfo
+    /// check`), before the source freezes anything.
+    async fn check_cpu(&self, scratch: &tempfile::TempDir) -> std::result::Result<(), String> {
+        self.criu
+            .cpuinfo_check(CpuinfoOptions::new().images_dir(scratch.path()))
+            .await
+            .map_err(|e| format!("this CPU cannot run the source's tree: {}", chain(&e)))
+    }
+
     /// Page server, files, restore: the restored pid and the bytes received, or the
     /// side that failed and why.
-    #[allow(clippy::too_many_arguments)]
     async fn receive(
         &self,
         link: &mut Box<dyn Link>,
         local: IpAddr,
         dir: &Path,
-        tcp_established: bool,
-        shell_job: bool,
-        file_locks: bool,
-        ext_unix_sk: bool,
+        restore: RestoreOptions,
     ) -> std::result::Result<(i32, u64), (Side, String)> {
         let link_err = |e: std::io::Error| (Side::Link, format!("the control connection: {e}"));
         let mut ps_opts = PageServerOptions::new()
@@ -351,15 +422,9 @@ impl Destination {
                 format!("the page server failed ({status})"),
             ));
         }
-        let opts = RestoreOptions::new()
-            .images_dir(dir)
-            .tcp_established(tcp_established)
-            .shell_job(shell_job)
-            .file_locks(file_locks)
-            .ext_unix_sk(ext_unix_sk);
         let restored = self
             .criu
-            .restore(opts)
+            .restore(restore)
             .await
             .map_err(|e| (Side::Destination, format!("restore: {}", chain(&e))))?;
         wire::send(link, &Msg::Restored { pid: restored.pid })
@@ -367,6 +432,90 @@ impl Destination {
             .map_err(link_err)?;
         Ok((restored.pid, file_bytes))
     }
+}
+
+impl Destination {
+    /// Post-copy: files (checked, then said so: the source lets criu serve its
+    /// pages), a lazy-pages daemon reaching the source through the control
+    /// connection, the restore, and the pages until the last.
+    async fn receive_lazy(
+        &self,
+        link: &mut Box<dyn Link>,
+        dir: &Path,
+        restore: RestoreOptions,
+        progress: &mut Progress,
+    ) -> std::result::Result<(i32, u64), (Side, String)> {
+        let here = |why: String| (Side::Destination, why);
+        wire::send(
+            link,
+            &Msg::Ready {
+                page_server_port: 0,
+            },
+        )
+        .await
+        .map_err(link_err)?;
+        let file_bytes = receive_files(link, dir).await?;
+        // The daemon's page server is us, on loopback; the traffic goes on inside
+        // the control connection (see tunnel.rs for why).
+        let relay = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| here(format!("a loopback listener for the pages: {e}")))?;
+        let relay_port = relay
+            .local_addr()
+            .map_err(|e| here(format!("a loopback listener for the pages: {e}")))?
+            .port();
+        let daemon = self
+            .criu
+            .lazy_pages(LazyPagesOptions::new(dir).page_server("127.0.0.1", relay_port))
+            .await
+            .map_err(|e| here(format!("lazy-pages daemon: {}", chain(&e))))?;
+        let go = async {
+            wire::send(link, &Msg::Checked).await.map_err(link_err)?;
+            match wire::recv(link).await.map_err(link_err)? {
+                Msg::Serving => Ok(()),
+                Msg::Abort { reason } => Err((Side::Source, reason)),
+                other => Err((Side::Source, format!("expected serving, got {other:?}"))),
+            }
+        };
+        if let Err(f) = go.await {
+            daemon.kill().await;
+            return Err(f);
+        }
+        tracing::debug!("the source serves its pages: restoring");
+        let criu = &self.criu;
+        let restore = async move {
+            criu.restore(restore.lazy_pages(true))
+                .await
+                .map(|out| out.pid)
+                .map_err(|e| here(format!("restore: {}", chain(&e))))
+        };
+        let result = tunnel::destination(link, relay, daemon, restore, &mut progress.running).await;
+        match result {
+            Ok((pid, _)) => {
+                progress.running = None;
+                tracing::info!(pid, "every page arrived");
+                Ok((pid, file_bytes))
+            }
+            Err(f) => {
+                // A tree missing pages cannot run on, and the source resumes its
+                // own: only one copy may run.
+                if let Some(pid) = progress.running.take() {
+                    kill_tree(pid);
+                }
+                Err(f)
+            }
+        }
+    }
+}
+
+fn link_err(e: std::io::Error) -> (Side, String) {
+    (Side::Link, format!("the control connection: {e}"))
+}
+
+/// Bytes an unprivileged writer may still put under `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 /// The source's image files until its `Restore`: the bytes received, or the side
@@ -427,6 +576,8 @@ async fn receive_files(
 struct Progress {
     made: Option<PathBuf>,
     restored: Option<Arrival>,
+    /// Post-copy: a tree running here before all its memory arrived.
+    running: Option<i32>,
 }
 
 /// Tells the source why this side will not take the migration.

@@ -55,6 +55,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 mod dest;
 mod source;
 mod tls;
+mod tunnel;
 mod wire;
 
 pub use dest::{Arrival, Destination};

@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use super::dest::failed;
 use super::wire::{self, Msg};
-use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed, tls};
+use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed, tls, tunnel};
 use crate::criu::Criu;
 use crate::error::{Error, RequestState, Result, Side, chain};
 use crate::notify::{Hooks, Notification, Reply};
-use crate::options::{DumpOptions, NetworkLock};
+use crate::options::{CpuinfoOptions, DumpOptions, NetworkLock};
 
 /// One migration of the tree rooted at `pid` to a [`Destination`](super::Destination).
 ///
@@ -34,6 +35,7 @@ pub struct Migration {
     network_lock: Option<NetworkLock>,
     deadline: Duration,
     work_dir: Option<PathBuf>,
+    lazy: bool,
 }
 
 /// A tree that moved.
@@ -49,7 +51,8 @@ pub struct Migrated {
     pub total: Duration,
     /// Each phase's time, in order.
     pub phases: Phases,
-    /// The dump's memory: pages sent to the destination's page server.
+    /// The dump's memory: pages sent to the destination's page server, or served to
+    /// its lazy-pages daemon.
     pub pages_bytes: u64,
     /// The other image files, sent on the control connection.
     pub file_bytes: u64,
@@ -69,7 +72,10 @@ pub struct Phases {
     pub transfer: Duration,
     /// The destination's restore, until reported.
     pub restore: Duration,
-    /// The dump's end here (the source tree ended), after the restore.
+    /// Post-copy: from the tree running on the destination to its last page there.
+    pub pages: Duration,
+    /// The dump's end here (the source tree ended), after the restore (stop-and-copy)
+    /// or the last page (post-copy).
     pub commit: Duration,
 }
 
@@ -89,7 +95,25 @@ impl Migration {
             network_lock: None,
             deadline: DEFAULT_DEADLINE,
             work_dir: None,
+            lazy: false,
         }
+    }
+
+    /// Post-copy: the tree runs on the destination before its memory has arrived;
+    /// the pages follow from the source's criu, on demand and in the background,
+    /// inside the control connection. Downtime no longer grows with the tree's
+    /// memory.
+    ///
+    /// The source tree stays frozen until the destination has every page. If the
+    /// transfer fails after the tree ran on the destination, the destination kills
+    /// its copy and the source tree resumes as it was frozen: what the copy did in
+    /// between is lost (its outside effects, such as answers it sent, are not undone).
+    ///
+    /// Needs `fs.pipe-max-size` of at least 4 MiB on the source (criu's page pipe)
+    /// unless criu has CAP_SYS_RESOURCE; refused before anything is frozen otherwise.
+    pub fn lazy(mut self, on: bool) -> Self {
+        self.lazy = on;
+        self
     }
 
     /// The name the destination's certificate carries (default: `to`'s address).
@@ -170,7 +194,21 @@ impl Migration {
 
     async fn run_inner(self, criu: &Criu) -> Result<Migrated> {
         let started = Instant::now();
+        if self.lazy {
+            crate::preflight::lazy_dump()?;
+        }
         let host = self.to.ip();
+        let scratch;
+        let images = match &self.work_dir {
+            Some(d) => d.clone(),
+            None => {
+                scratch = tempfile::Builder::new()
+                    .prefix("criu-swrk-migrate.")
+                    .tempdir()
+                    .map_err(|e| Error::io("making the source's images directory", e))?;
+                scratch.path().to_owned()
+            }
+        };
         let mut link = self.connect().await?;
         let connected = Instant::now();
         tracing::info!(took = ?connected - started, "connected");
@@ -178,6 +216,13 @@ impl Migration {
             .version()
             .await
             .map_err(|e| failed(Side::Source, format!("criu here: {}", chain(&e))))?;
+        // The destination checks this CPU description against its own.
+        let cpu_dir = images.join(".cpuinfo");
+        std::fs::create_dir_all(&cpu_dir)
+            .map_err(|e| Error::io("making the cpuinfo directory", e))?;
+        criu.cpuinfo_dump(CpuinfoOptions::new().images_dir(&cpu_dir))
+            .await
+            .map_err(|e| failed(Side::Source, format!("cpuinfo dump: {}", chain(&e))))?;
         let id = self.id.clone().unwrap_or_else(|| default_id(self.pid));
         let lost = |e: std::io::Error| failed(Side::Link, format!("the control connection: {e}"));
         wire::send(
@@ -190,10 +235,16 @@ impl Migration {
                 shell_job: self.shell_job,
                 file_locks: self.file_locks,
                 ext_unix_sk: self.ext_unix_sk,
+                lazy: self.lazy,
+                memory_bytes: crate::fleet::size::tree_rss(self.pid),
             },
         )
         .await
         .map_err(lost)?;
+        wire::send_file(&mut link, "cpuinfo.img", &cpu_dir.join("cpuinfo.img"))
+            .await
+            .map_err(lost)?;
+        let _ = std::fs::remove_dir_all(&cpu_dir);
         let port = match tokio::time::timeout(self.left(started), wire::recv(&mut link)).await {
             Err(_) => return Err(failed(Side::Destination, "no answer to the plan".into())),
             Ok(Err(e)) => return Err(lost(e)),
@@ -208,40 +259,44 @@ impl Migration {
         };
 
         let planned = Instant::now();
-        tracing::info!(port, took = ?planned - connected, "the destination's page server listens");
-        let scratch;
-        let images = match &self.work_dir {
-            Some(d) => d.clone(),
-            None => {
-                scratch = tempfile::Builder::new()
-                    .prefix("criu-swrk-migrate.")
-                    .tempdir()
-                    .map_err(|e| Error::io("making the source's images directory", e))?;
-                scratch.path().to_owned()
-            }
-        };
+        tracing::info!(port, took = ?planned - connected, "the destination is ready");
         let mut opts = DumpOptions::new(self.pid)
             .images_dir(&images)
-            .page_server(host.to_string(), port)
             .tcp_established(self.tcp_established)
             .shell_job(self.shell_job)
             .file_locks(self.file_locks)
             .ext_unix_sk(self.ext_unix_sk)
             .timeout(self.left(started));
+        // Post-copy: criu serves the pages on our loopback once post-dump is
+        // answered; we relay them (tunnel.rs).
+        let lazy_port = if self.lazy {
+            Some(free_lazy_port()?)
+        } else {
+            None
+        };
+        match lazy_port {
+            Some(p) => opts = opts.lazy_pages(true).page_server("127.0.0.1", p),
+            None => {
+                opts = opts.page_server(host.to_string(), port);
+                if let Security::Tls(f) = &self.security {
+                    opts = opts
+                        .tls(true)
+                        .tls_cacert(f.ca.display().to_string())
+                        .tls_cert(f.cert.display().to_string())
+                        .tls_key(f.key.display().to_string());
+                }
+            }
+        }
         if let Some(lock) = self.network_lock {
             opts = opts.network_lock(lock);
         }
-        if let Security::Tls(f) = &self.security {
-            opts = opts
-                .tls(true)
-                .tls_cacert(f.ca.display().to_string())
-                .tls_cert(f.cert.display().to_string())
-                .tls_key(f.key.display().to_string());
-        }
+        let deadline = started + self.left(started);
+        let (handed_tx, handed_rx) = oneshot::channel();
         let mut hand = Handover {
-            link,
+            link: Some(link),
+            lazy: lazy_port.map(|_| handed_tx),
             images: images.clone(),
-            deadline: started + self.left(started),
+            deadline,
             frozen_at: None,
             post_dump_at: None,
             sent_at: None,
@@ -249,25 +304,68 @@ impl Migration {
             failure: None,
             file_bytes: 0,
         };
-        let dumped = criu.dump_with(opts, &mut hand).await;
+        let relay = async {
+            let port = lazy_port?;
+            match handed_rx.await {
+                // The dump never reached post-dump: criu serves nothing.
+                Err(_) => None,
+                // Refused at post-dump: criu serves anyway, to nobody; end its
+                // session so that it resumes the tree.
+                Ok(Handed::Refused) => {
+                    if let Err((_, why)) = tunnel::release(port, deadline).await {
+                        tracing::warn!(reason = %why, "criu's lazy page server");
+                    }
+                    None
+                }
+                Ok(Handed::Go(mut link)) => {
+                    tracing::debug!(port, "post-dump answered: relaying criu's pages");
+                    let served = serve_lazily(&mut link, port, deadline).await;
+                    Some((link, served))
+                }
+            }
+        };
+        let (dumped, relayed) = tokio::join!(criu.dump_with(opts, &mut hand), relay);
         let ended = Instant::now();
-        match (dumped, hand.restored) {
+        let mut lazy_result = None;
+        if let Some((link, served)) = relayed {
+            hand.link = Some(link);
+            match served {
+                Ok(r) => lazy_result = Some(r),
+                Err(f) => hand.failure = Some(f),
+            }
+        }
+        let mut link = hand.link.take().expect("the link is back");
+        let restored = match (&lazy_result, hand.restored) {
+            (Some((pid, at, _)), _) => Some((*pid, *at)),
+            (None, r) if lazy_port.is_none() => r,
+            _ => None,
+        };
+        match (dumped, restored) {
             (Ok(out), Some((pid, at))) => {
                 // The tree is gone here: say so, so that the destination keeps it.
-                let _ = wire::send(&mut hand.link, &Msg::Commit).await;
-                let pages_bytes = out
-                    .stats
-                    .as_ref()
-                    .map_or(0, |s| s.pages_written * crate::info::page_size());
+                let _ = wire::send(&mut link, &Msg::Commit).await;
+                let pages_bytes = match &lazy_result {
+                    Some((_, _, bytes)) => *bytes,
+                    None => out
+                        .stats
+                        .as_ref()
+                        .map_or(0, |s| s.pages_written * crate::info::page_size()),
+                };
                 let post_dump = hand.post_dump_at.unwrap_or(at);
                 let sent = hand.sent_at.unwrap_or(at);
+                let (pages, commit) = if lazy_result.is_some() {
+                    (ended - at, Duration::ZERO)
+                } else {
+                    (Duration::ZERO, ended - at)
+                };
                 let phases = Phases {
                     connect: connected - started,
                     plan: planned - connected,
                     dump: post_dump - planned,
                     transfer: sent - post_dump,
                     restore: at - sent,
-                    commit: ended - at,
+                    pages,
+                    commit,
                 };
                 tracing::info!(restored = pid, ?phases, "migrated");
                 Ok(Migrated {
@@ -279,17 +377,32 @@ impl Migration {
                     file_bytes: hand.file_bytes,
                 })
             }
-            (Ok(_), None) => Err(failed(
-                Side::Source,
-                "criu finished the dump without reaching post-dump".into(),
-            )),
+            (Ok(_), None) => {
+                let (side, reason) = hand.failure.unwrap_or((
+                    Side::Source,
+                    "criu finished the dump without reaching post-dump".into(),
+                ));
+                let _ = wire::send(
+                    &mut link,
+                    &Msg::Abort {
+                        reason: reason.clone(),
+                    },
+                )
+                .await;
+                // criu said the dump succeeded: the tree is gone here.
+                Err(Error::Migration {
+                    failed: side,
+                    reason,
+                    source_tree: RequestState::Committed,
+                })
+            }
             (Err(e), _) => {
                 let reason = match &hand.failure {
                     Some((_, why)) => why.clone(),
                     None => chain(&e),
                 };
                 let _ = wire::send(
-                    &mut hand.link,
+                    &mut link,
                     &Msg::Abort {
                         reason: reason.clone(),
                     },
@@ -322,6 +435,8 @@ impl Migration {
             .await
             .map_err(|_| failed(Side::Link, format!("connecting to {}: timed out", self.to)))?
             .map_err(|e| failed(Side::Link, format!("connecting to {}: {e}", self.to)))?;
+        // Post-copy's page requests ride this connection and wait on each other.
+        let _ = tcp.set_nodelay(true);
         match &self.security {
             Security::Insecure => Ok(Box::new(tcp)),
             Security::Tls(files) => {
@@ -344,7 +459,10 @@ impl Migration {
 /// The dump's hooks: at `post-dump`, the files go over and the destination restores;
 /// the answer to criu is the destination's.
 struct Handover {
-    link: Box<dyn Link>,
+    /// Lent to the page relay once a post-copy's post-dump is answered.
+    link: Option<Box<dyn Link>>,
+    /// Post-copy: where the link goes at post-dump.
+    lazy: Option<oneshot::Sender<Handed>>,
     images: PathBuf,
     deadline: Instant,
     frozen_at: Option<Instant>,
@@ -358,6 +476,11 @@ struct Handover {
 impl Handover {
     async fn hand_over(&mut self) -> std::result::Result<i32, (Side, String)> {
         self.post_dump_at = Some(Instant::now());
+        let lazy = self.lazy.is_some();
+        let link = self
+            .link
+            .as_mut()
+            .expect("the link is here until post-dump");
         let link_err = |e: std::io::Error| (Side::Link, format!("the control connection: {e}"));
         let mut names: Vec<String> = std::fs::read_dir(&self.images)
             .map_err(|e| {
@@ -372,23 +495,23 @@ impl Handover {
             .collect();
         names.sort();
         for name in names {
-            self.file_bytes += wire::send_file(&mut self.link, &name, &self.images.join(&name))
+            self.file_bytes += wire::send_file(link, &name, &self.images.join(&name))
                 .await
                 .map_err(link_err)?;
         }
-        wire::send(&mut self.link, &Msg::Restore)
-            .await
-            .map_err(link_err)?;
+        wire::send(link, &Msg::Restore).await.map_err(link_err)?;
         self.sent_at = Some(Instant::now());
         tracing::info!(
             bytes = self.file_bytes,
             "image files sent; the destination restores"
         );
         let left = self.deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, wire::recv(&mut self.link)).await {
+        match tokio::time::timeout(left, wire::recv(link)).await {
             Err(_) => Err((Side::Destination, "no restore within the deadline".into())),
             Ok(Err(e)) => Err(link_err(e)),
-            Ok(Ok(Msg::Restored { pid })) => Ok(pid),
+            Ok(Ok(Msg::Restored { pid })) if !lazy => Ok(pid),
+            // Post-copy: the restore starts once criu serves the pages.
+            Ok(Ok(Msg::Checked)) if lazy => Ok(0),
             Ok(Ok(Msg::Failed { reason })) => Err((Side::Destination, reason)),
             Ok(Ok(other)) => Err((
                 Side::Destination,
@@ -408,10 +531,17 @@ impl Hooks for Handover {
             Notification::PostDump => match self.hand_over().await {
                 Ok(pid) => {
                     self.restored = Some((pid, Instant::now()));
+                    if let Some(tx) = self.lazy.take() {
+                        let link = self.link.take().expect("the link is here");
+                        let _ = tx.send(Handed::Go(link));
+                    }
                     Reply::ok()
                 }
                 Err((side, why)) => {
                     tracing::warn!(%side, reason = %why, "migration failed: the tree resumes here");
+                    if let Some(tx) = self.lazy.take() {
+                        let _ = tx.send(Handed::Refused);
+                    }
                     let reply = Reply::fail(why.clone());
                     self.failure = Some((side, why));
                     reply
@@ -420,6 +550,69 @@ impl Hooks for Handover {
             _ => Reply::ok(),
         }
     }
+}
+
+/// What a post-copy's post-dump hook leaves to the page relay.
+enum Handed {
+    /// Answered with success (the destination has the files): the link.
+    Go(Box<dyn Link>),
+    /// Answered with failure.
+    Refused,
+}
+
+/// Post-copy after post-dump: reach criu's page server and relay the pages while
+/// the destination restores. The restored pid, when the tree ran there and the
+/// bytes served.
+async fn serve_lazily(
+    link: &mut Box<dyn Link>,
+    port: u16,
+    deadline: Instant,
+) -> std::result::Result<(i32, Instant, u64), (Side, String)> {
+    let criu = match tunnel::reach_criu(port, deadline).await {
+        Ok(s) => s,
+        Err(f) => {
+            let _ = wire::send(
+                link,
+                &Msg::Abort {
+                    reason: f.1.clone(),
+                },
+            )
+            .await;
+            return Err(f);
+        }
+    };
+    if let Err(e) = wire::send(link, &Msg::Serving).await {
+        tunnel::reset(criu);
+        return Err((Side::Link, format!("the control connection: {e}")));
+    }
+    tunnel::source(link, criu, deadline).await
+}
+
+/// A port for criu's lazy page server, free now. criu takes only the port for a
+/// lazy dump and listens on every address (cr-service.c ignores the address), so
+/// the port is checked free on all of them, and picked below the kernel's
+/// ephemeral range, where no listener of ours (nor a peer's connection) lands by
+/// chance between this check and criu's bind.
+fn free_lazy_port() -> Result<u16> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().rotate_left(16);
+    let mut x = seed | 1;
+    for _ in 0..64 {
+        // xorshift32: spread over 20000..32768.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let port = 20_000 + (x % 12_768) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Error::io(
+        "finding a free port for criu's lazy page server",
+        std::io::Error::from(std::io::ErrorKind::AddrInUse),
+    ))
 }
 
 fn default_id(pid: i32) -> String {

@@ -6,14 +6,22 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol spoken; a peer speaking another is refused.
-pub(crate) const PROTOCOL: u32 = 1;
+pub(crate) const PROTOCOL: u32 = 2;
 /// The largest control frame accepted: plans and answers are small.
 const MAX_FRAME: u32 = 64 * 1024;
 
-/// What the two sides say to each other, in this order: `Hello`, `Ready` (or
+/// What the two sides say to each other, in this order: `Hello` and the source's
+/// `cpuinfo.img` as a `File` (checked against the destination's CPU), `Ready` (or
 /// `Failed`), the source's `File`s and `Restore` while its dump waits at
 /// `post-dump`, `Restored` (or `Failed`), then `Commit` (the source tree is gone) or
 /// `Abort` (it runs on: the destination kills what it restored).
+///
+/// Post-copy (`lazy`) differs after `Restore`: the destination says `Checked` once
+/// the files match; the source answers `post-dump`, reaches its criu's page server
+/// and says `Serving` (or `Abort`); the destination restores, its page traffic going
+/// both ways as `Data` frames, and says `Running` once the tree runs. When its
+/// lazy-pages daemon has every page it says `Done` (or `Failed`); the source ends
+/// its traffic with `End`, and its last word is `Commit` or `Abort`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "msg", rename_all = "kebab-case")]
 pub(crate) enum Msg {
@@ -27,6 +35,12 @@ pub(crate) enum Msg {
         shell_job: bool,
         file_locks: bool,
         ext_unix_sk: bool,
+        /// Post-copy: the memory follows the tree, from the source's criu.
+        #[serde(default)]
+        lazy: bool,
+        /// The tree's resident memory, for the destination's free-space check.
+        #[serde(default)]
+        memory_bytes: u64,
     },
     Ready {
         page_server_port: u16,
@@ -41,6 +55,22 @@ pub(crate) enum Msg {
     Restored {
         pid: i32,
     },
+    /// Post-copy: the files are in and match; the daemon waits for the pages.
+    Checked,
+    /// Post-copy: the source's criu serves the pages; the tree may run.
+    Serving,
+    /// Post-copy: the tree runs on the destination.
+    Running {
+        pid: i32,
+    },
+    /// Page traffic; its `len` bytes follow.
+    Data {
+        len: u32,
+    },
+    /// Post-copy: every page arrived and the lazy-pages daemon ended well.
+    Done,
+    /// Post-copy: the source sends no more page traffic.
+    End,
     Failed {
         reason: String,
     },
@@ -51,9 +81,22 @@ pub(crate) enum Msg {
 }
 
 pub(crate) async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &Msg) -> std::io::Result<()> {
+    send_with(w, msg, &[]).await
+}
+
+/// One frame and the bytes that follow it, in one write: page requests are small
+/// and wait on each other, so no piece may sit in Nagle's queue.
+async fn send_with<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &Msg,
+    tail: &[u8],
+) -> std::io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
-    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    w.write_all(&body).await?;
+    let mut frame = Vec::with_capacity(4 + body.len() + tail.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame.extend_from_slice(tail);
+    w.write_all(&frame).await?;
     w.flush().await
 }
 
@@ -71,6 +114,15 @@ pub(crate) async fn recv<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Msg
     r.read_exact(&mut body).await?;
     serde_json::from_slice(&body)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Sends `bytes` as one [`Msg::Data`] frame.
+pub(crate) async fn send_data<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let len = bytes.len() as u32;
+    send_with(w, &Msg::Data { len }, bytes).await
 }
 
 /// Sends `path` as a [`Msg::File`] and its bytes; returns the bytes sent.

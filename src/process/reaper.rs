@@ -5,6 +5,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -23,34 +24,71 @@ struct Orphan {
     pidfd: Option<OwnedFd>,
 }
 
+/// What the reaper is handed.
+enum Job {
+    Orphan(Orphan),
+    /// A criu reaped by its owner: helpers it left behind in its process group and
+    /// re-parented to us (a subreaper) are reaped as they exit.
+    Sweep(libc::pid_t),
+}
+
 struct Reaper {
-    tx: Mutex<Sender<Orphan>>,
+    tx: Mutex<Sender<Job>>,
     wake: EventFd,
 }
 
 static REAPER: OnceLock<io::Result<Reaper>> = OnceLock::new();
 
+/// Orphans handed over and not reaped yet.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits up to `within` until every child handed to the reaper is reaped; whether
+/// none is left.
+pub(crate) fn settle(within: Duration) -> bool {
+    let until = Instant::now() + within;
+    while PENDING.load(Ordering::SeqCst) > 0 {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
 /// Hands `pid` (our child, already sent SIGKILL with its group) to the reaper.
 /// Falls back to a blocking wait on a thread of its own if the reaper cannot start.
 pub(super) fn adopt(pid: libc::pid_t, pidfd: Option<OwnedFd>) {
-    let reaper = REAPER.get_or_init(start);
-    let sent = reaper.as_ref().ok().is_some_and(|r| {
-        let sent =
-            r.tx.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send(Orphan { pid, pidfd })
-                .is_ok();
-        sent && r.wake.write(1).is_ok()
-    });
-    if !sent {
+    PENDING.fetch_add(1, Ordering::SeqCst);
+    if !hand(Job::Orphan(Orphan { pid, pidfd })) {
         let _ = std::thread::Builder::new()
             .name("criu-waitpid".into())
             .spawn(move || {
                 let mut raw = 0;
                 // SAFETY: waitpid on our own unreaped child.
                 unsafe { libc::waitpid(pid, &mut raw, 0) };
+                PENDING.fetch_sub(1, Ordering::SeqCst);
             });
     }
+}
+
+/// After criu `pgid` (a group leader of ours) was reaped: its helpers that outlive
+/// it come to us when we are a subreaper, and are reaped for a while.
+pub(crate) fn sweep(pgid: libc::pid_t) {
+    if is_subreaper() {
+        hand(Job::Sweep(pgid));
+    }
+}
+
+fn hand(job: Job) -> bool {
+    let reaper = REAPER.get_or_init(start);
+    reaper.as_ref().ok().is_some_and(|r| {
+        let sent =
+            r.tx.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(job)
+                .is_ok();
+        sent && r.wake.write(1).is_ok()
+    })
 }
 
 fn start() -> io::Result<Reaper> {
@@ -73,7 +111,7 @@ struct Group {
     until: Instant,
 }
 
-fn run(rx: Receiver<Orphan>, wake: OwnedFd) {
+fn run(rx: Receiver<Job>, wake: OwnedFd) {
     let mut orphans: Vec<Orphan> = Vec::new();
     let mut groups: Vec<Group> = Vec::new();
     loop {
@@ -81,7 +119,15 @@ fn run(rx: Receiver<Orphan>, wake: OwnedFd) {
         let mut counter = [0u8; 8];
         // SAFETY: reading 8 bytes into our buffer from our non-blocking eventfd.
         unsafe { libc::read(wake.as_raw_fd(), counter.as_mut_ptr().cast(), 8) };
-        orphans.extend(rx.try_iter());
+        for job in rx.try_iter() {
+            match job {
+                Job::Orphan(o) => orphans.push(o),
+                Job::Sweep(pgid) => groups.push(Group {
+                    pgid,
+                    until: Instant::now() + Duration::from_millis(500),
+                }),
+            }
+        }
 
         orphans.retain(|o| {
             match exited_unreaped(o.pid) {
@@ -91,6 +137,7 @@ fn run(rx: Receiver<Orphan>, wake: OwnedFd) {
                     // been reused; its helpers die with the group.
                     unsafe { libc::kill(-o.pid, libc::SIGKILL) };
                     let _ = reap_now(o.pid);
+                    PENDING.fetch_sub(1, Ordering::SeqCst);
                     tracing::debug!(pid = o.pid, "reaped a dropped child");
                     if is_subreaper() {
                         groups.push(Group {
@@ -101,14 +148,22 @@ fn run(rx: Receiver<Orphan>, wake: OwnedFd) {
                     false
                 }
                 // Not our child any more (reaped elsewhere): nothing to do.
-                Err(_) => false,
+                Err(_) => {
+                    PENDING.fetch_sub(1, Ordering::SeqCst);
+                    false
+                }
             }
         });
         let me = std::process::id() as libc::pid_t;
         groups.retain(|g| {
             let mut waiting = false;
+            // Never the leader: reaped already, its pid may be a new child of ours
+            // (a new criu leads a group of the same number) whose status is not ours
+            // to take.
             for (pid, ppid) in group_members(g.pgid) {
-                waiting |= ppid != me || matches!(reap_now(pid), Ok(None));
+                if pid != g.pgid {
+                    waiting |= ppid != me || matches!(reap_now(pid), Ok(None));
+                }
             }
             waiting && Instant::now() < g.until
         });

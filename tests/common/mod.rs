@@ -164,6 +164,7 @@ impl Env {
             unshare: Some(unshare),
             pid: 0,
             info,
+            info_path,
         };
         let unshare_pid = target.unshare.as_ref().unwrap().id() as i32;
         let children = children_of(unshare_pid);
@@ -306,6 +307,33 @@ pub struct NsTarget {
     /// The namespace's init (the workload), as seen from here.
     pub pid: i32,
     pub info: Info,
+    /// Its info file, which its command line names.
+    pub info_path: PathBuf,
+}
+
+impl NsTarget {
+    /// Workload processes other than this one whose command line names its info
+    /// file: its restored copies.
+    pub fn copies(&self) -> Vec<i32> {
+        let needle = self.info_path.as_os_str().as_encoded_bytes();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid != self.pid)
+            .filter(|&pid| {
+                let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                    return false;
+                };
+                // The workload itself, not unshare or setsid naming the same file.
+                cmd.split(|&b| b == 0)
+                    .next()
+                    .is_some_and(|exe| exe == WORKLOAD.as_bytes())
+                    && cmd.windows(needle.len()).any(|w| w == needle)
+            })
+            .collect()
+    }
 }
 
 impl NsTarget {
@@ -511,5 +539,25 @@ pub async fn reap_orphaned_criu() {
             panic!("criu processes still running: {left:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const PIPE_MAX_SIZE: &str = "/proc/sys/fs/pipe-max-size";
+
+/// Sets `fs.pipe-max-size` for the life of the guard (a lazy dump needs 4 MiB
+/// pipes; see the notes). Tests hold [`env`]'s lock, so none races another here.
+pub struct PipeMaxSize(String);
+
+impl PipeMaxSize {
+    pub fn set(value: u64) -> Self {
+        let old = std::fs::read_to_string(PIPE_MAX_SIZE).expect("reading pipe-max-size");
+        std::fs::write(PIPE_MAX_SIZE, value.to_string()).expect("setting pipe-max-size");
+        PipeMaxSize(old.trim().to_owned())
+    }
+}
+
+impl Drop for PipeMaxSize {
+    fn drop(&mut self) {
+        let _ = std::fs::write(PIPE_MAX_SIZE, &self.0);
     }
 }

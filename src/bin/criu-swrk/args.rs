@@ -190,6 +190,10 @@ pub struct MigrateArgs {
     /// How the network is locked while the tree is frozen.
     #[arg(long, value_enum, value_name = "METHOD")]
     pub network_lock: Option<LockArg>,
+    /// Post-copy: the tree runs on the destination before its memory has arrived;
+    /// pages follow on demand (needs fs.pipe-max-size >= 4 MiB here).
+    #[arg(long)]
+    pub lazy: bool,
 }
 
 /// How `dump-many` and `restore-many` schedule their targets.

@@ -52,7 +52,12 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("building the Tokio runtime");
-    if runtime.block_on(run(cli)) {
+    let ok = runtime.block_on(run(cli));
+    // Tasks still winding criu down end with the runtime; what they leave, and what
+    // was dropped, is reaped before we go, or it would outlive us as a zombie.
+    drop(runtime);
+    criu_swrk::reap_dropped(std::time::Duration::from_secs(2));
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

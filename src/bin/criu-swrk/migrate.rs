@@ -83,7 +83,8 @@ pub async fn serve(criu: &Criu, a: ServeArgs, json: bool) -> bool {
 pub async fn migrate(criu: &Criu, a: MigrateArgs, json: bool) -> bool {
     let mut m = Migration::new(a.pid, a.to, security(&a.security))
         .tcp_established(a.tcp_established)
-        .shell_job(a.shell_job);
+        .shell_job(a.shell_job)
+        .lazy(a.lazy);
     if let Some(name) = a.server_name {
         m = m.server_name(name);
     }
@@ -111,6 +112,7 @@ pub async fn migrate(criu: &Criu, a: MigrateArgs, json: bool) -> bool {
                         "dump": moved.phases.dump.as_secs_f64() * 1e3,
                         "transfer": moved.phases.transfer.as_secs_f64() * 1e3,
                         "restore": moved.phases.restore.as_secs_f64() * 1e3,
+                        "pages": moved.phases.pages.as_secs_f64() * 1e3,
                         "commit": moved.phases.commit.as_secs_f64() * 1e3,
                     }})
                 );
@@ -127,8 +129,8 @@ pub async fn migrate(criu: &Criu, a: MigrateArgs, json: bool) -> bool {
                 );
                 let p = moved.phases;
                 println!(
-                    "  connect {:?}, plan {:?}, dump {:?}, transfer {:?}, restore {:?}, commit {:?}",
-                    p.connect, p.plan, p.dump, p.transfer, p.restore, p.commit
+                    "  connect {:?}, plan {:?}, dump {:?}, transfer {:?}, restore {:?}, pages {:?}, commit {:?}",
+                    p.connect, p.plan, p.dump, p.transfer, p.restore, p.pages, p.commit
                 );
             }
             true
