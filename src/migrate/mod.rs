@@ -53,11 +53,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 mod dest;
+mod precopy;
 mod source;
 mod tls;
 mod wire;
 
 pub use dest::{Arrival, Destination};
+pub use precopy::{
+    PreCopyPolicy, PreCopyReport, RoundStats, Step, StopReason, check_memory_tracking,
+};
 pub use source::{Migrated, Migration, Phases};
 pub use tls::TlsFiles;
 
