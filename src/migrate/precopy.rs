@@ -1,14 +1,21 @@
 //! Pre-copy: the tree's memory copied in rounds while it runs, so that the final
 //! (frozen) dump only has to carry what the last round left dirty.
 //!
-//! [`PreCopyPolicy`]: a pure rule that says after each round whether another one is
-//! worth it.
+//! Two parts: [`PreCopyPolicy`], a pure rule that says after each round whether
+//! another one is worth it, and [`pre_copy`], which runs the rounds as one criu
+//! pre-dump loop and applies the rule to the pages criu reports for each round.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::info::Features;
+use crate::notify::NoHooks;
+use crate::options::PreDumpOptions;
+use crate::outcome::PreDumpOutcome;
+use crate::{Criu, PreDumpLoop};
 
 /// When to stop copying memory in rounds and do the final dump (P.Haul's rule).
 ///
@@ -148,7 +155,7 @@ pub struct RoundStats {
     pub took: Duration,
 }
 
-/// What a pre-copy did: every round, and why it stopped.
+/// What [`pre_copy`] did: every round, and why it stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PreCopyReport {
@@ -168,6 +175,105 @@ impl PreCopyReport {
     /// relative to the final dump's (`../<last round>`).
     pub fn final_parent(&self) -> String {
         format!("../{}", self.last_round())
+    }
+}
+
+/// Copies the tree's memory in rounds while it runs, on one criu process, until
+/// `policy` says stop; returns the loop, ready for the final dump, and what each round
+/// wrote.
+///
+/// `round_opts(n, parent)` gives the options of round `n` (from 1). `parent` is the
+/// previous round's images relative to this round's (`None` for round 1, then
+/// `Some("../1")`, `Some("../2")`, ...): this sets it as the pre-dump's
+/// [`parent_images`](PreDumpOptions::parent_images) itself, so the round directories
+/// must be siblings named by round number (`<root>/1`, `<root>/2`, ...). A page
+/// server receiving round `n` needs the same `parent` as its
+/// [`parent_images`](crate::PageServerOptions::parent_images).
+///
+/// The final dump is the caller's: [`PreDumpLoop::dump`] with images in
+/// `<root>/<last + 1>` and [`PreCopyReport::final_parent`] as its parent.
+///
+/// # Errors
+/// - As [`Criu::pre_dump`] for round 1, including [`Error::Unsupported`] when this
+///   kernel does not track dirty memory (see [`check_memory_tracking`]);
+/// - as [`PreDumpLoop::pre_dump`] for later rounds;
+/// - [`Error::Stats`] when criu left no readable stats for a round: without its
+///   page count the policy cannot decide, so this stops rather than guess.
+///
+/// On any error the loop is dropped: criu ends, the tree keeps running, and the
+/// images of the rounds that finished stay on disk.
+///
+/// # Cancel safety
+/// Dropping the future rolls back the round in flight and ends criu; the tree keeps
+/// running and the finished rounds' images stay on disk.
+pub async fn pre_copy<F>(
+    criu: &Criu,
+    policy: &PreCopyPolicy,
+    mut round_opts: F,
+) -> Result<(PreDumpLoop, PreCopyReport)>
+where
+    F: FnMut(u32, Option<&str>) -> PreDumpOptions,
+{
+    let mut rounds: Vec<RoundStats> = Vec::new();
+    let mut lp: Option<PreDumpLoop> = None;
+    loop {
+        let round = rounds.len() as u32 + 1;
+        let parent = (round > 1).then(|| format!("../{}", round - 1));
+        let mut opts = round_opts(round, parent.as_deref());
+        if let Some(parent) = &parent {
+            opts = opts.parent_images(parent.clone());
+        }
+        let span = tracing::info_span!("pre_copy_round", round);
+        let started = Instant::now();
+        let outcome = async {
+            match lp.as_mut() {
+                Some(lp) => lp.pre_dump(opts).await,
+                // Round 1 starts the loop (and criu) with its options, so that fds
+                // meant for criu's table (a page-server socket) reach it.
+                None => {
+                    let (started, first) = criu.pre_dump_with(opts, &mut NoHooks).await?;
+                    lp = Some(started);
+                    Ok(first)
+                }
+            }
+        }
+        .instrument(span.clone())
+        .await?;
+        let took = started.elapsed();
+        let pages_written = pages_written(round, outcome)?;
+        span.in_scope(|| {
+            tracing::info!(
+                pages = pages_written,
+                took_ms = took.as_millis() as u64,
+                "pre-copy round done"
+            );
+        });
+        let previous = rounds.last().map(|r| r.pages_written);
+        rounds.push(RoundStats {
+            round,
+            pages_written,
+            took,
+        });
+        if let Step::Stop(stop) = policy.after_round(round, pages_written, previous) {
+            tracing::info!(rounds = round, %stop, "pre-copy stops");
+            let lp = lp.expect("round 1 started the loop");
+            return Ok((lp, PreCopyReport { rounds, stop }));
+        }
+    }
+}
+
+/// A round's page count, or an error saying the policy has nothing to go on.
+fn pages_written(round: u32, outcome: PreDumpOutcome) -> Result<u64> {
+    match outcome.stats {
+        Ok(stats) => Ok(stats.pages_written),
+        Err(e) => Err(Error::Stats {
+            path: None,
+            reason: format!(
+                "pre-copy round {round} needs criu's pages_written to decide whether to \
+                 go on"
+            ),
+            source: Some(Box::new(e)),
+        }),
     }
 }
 
