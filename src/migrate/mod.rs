@@ -24,9 +24,10 @@
 //! documentation ranges of RFC 5737 (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24),
 //! which test setups use.
 //!
-//! Not here yet: post-copy (lazy pages) and pre-copy migration. A commit message from
-//! the source that never reaches the destination leaves the restored tree running
-//! there, reported with [`Arrival::confirmed`] false.
+//! Not here yet: post-copy (lazy pages) and pre-copy migration ([`pre_copy`] and
+//! [`PreCopyPolicy`] run the rounds, but [`Migration::run`] does not use them yet). A
+//! commit message from the source that never reaches the destination leaves the
+//! restored tree running there, reported with [`Arrival::confirmed`] false.
 //!
 //! # Example
 //! ```no_run
@@ -53,12 +54,16 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 mod dest;
+mod precopy;
 mod source;
 mod tls;
 mod tunnel;
 mod wire;
 
 pub use dest::{Arrival, Destination};
+pub use precopy::{
+    PreCopyPolicy, PreCopyReport, RoundStats, Step, StopReason, check_memory_tracking, pre_copy,
+};
 pub use source::{Migrated, Migration, Phases};
 pub use tls::TlsFiles;
 
