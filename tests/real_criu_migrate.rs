@@ -500,28 +500,11 @@ async fn the_link_cut_mid_migration_resumes_the_source_within_its_deadline() {
 #[ignore = "real criu: needs root and criu; scripts/test runs it (--include-ignored)"]
 async fn the_cli_moves_a_tree_over_loopback_when_asked_for_plain_tcp() {
     let env = common::env();
-    let root = env.subdir("incoming");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let dest = Destination::new(env.criu.clone(), &root, Security::Insecure);
-    let served = tokio::spawn(async move { dest.accept(&listener).await });
-    let mut target = env.ns_workload(32);
-    let out = tokio::process::Command::new(CLI)
-        .args(["--json", "migrate", "--insecure", "--id", "cli"])
-        .args(["--pid", &target.pid.to_string(), "--to", &addr.to_string()])
-        .output()
-        .await
-        .unwrap();
-    let line = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(line.trim())
-        .unwrap_or_else(|e| panic!("{line:?}: {e}; {}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(v["ok"], true, "{v}");
-    assert!(v["phases_ms"]["restore"].as_f64().unwrap() > 0.0, "{v}");
-    let arrived = served.await.unwrap().unwrap();
-    assert_eq!(v["restored_pid"], arrived.pid);
-    assert!(arrived.confirmed);
-    target.reap_dumped();
-    target.restored(arrived.pid).assert_alive_and_intact();
+    let _pipes = common::PipeMaxSize::set(4 << 20);
+    for lazy in [false, true] {
+        let root = env.subdir(if lazy { "incoming-lazy" } else { "incoming" });
+        cli_moves(&env, &root, lazy).await;
+    }
 
     // Plain TCP anywhere else is refused before anything happens.
     let out = std::process::Command::new(CLI)
@@ -541,6 +524,51 @@ async fn the_cli_moves_a_tree_over_loopback_when_asked_for_plain_tcp() {
         err.contains("plain TCP is refused to 10.9.9.9:7070"),
         "{err}"
     );
+}
+
+/// `criu-swrk --json migrate` (post-copy with `lazy`) to a destination in this
+/// process: JSON lines of progress, in order, then the result.
+async fn cli_moves(env: &common::Env, root: &Path, lazy: bool) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dest = Destination::new(env.criu.clone(), root, Security::Insecure);
+    let served = tokio::spawn(async move { dest.accept(&listener).await });
+    let mut target = env.ns_workload(32);
+    let mut cmd = tokio::process::Command::new(CLI);
+    cmd.args(["--json", "migrate", "--insecure", "--id", "cli"])
+        .args(["--pid", &target.pid.to_string(), "--to", &addr.to_string()]);
+    if lazy {
+        cmd.arg("--lazy");
+    }
+    let out = cmd.output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{l:?}: {e}; {}", String::from_utf8_lossy(&out.stderr)))
+        })
+        .collect();
+    let (v, steps) = lines.split_last().expect("a result line");
+    assert_eq!(v["ok"], true, "lazy {lazy}: {v}");
+    assert!(v["phases_ms"]["restore"].as_f64().unwrap() > 0.0, "{v}");
+    let names: Vec<&str> = steps
+        .iter()
+        .inspect(|s| assert_eq!(s["event"], "progress", "{s}"))
+        .map(|s| s["step"].as_str().unwrap())
+        .filter(|s| *s != "pages")
+        .collect();
+    let expected = if lazy {
+        ["ready", "frozen", "dumped", "sent", "running", "restored"].as_slice()
+    } else {
+        ["ready", "frozen", "dumped", "sent", "restored"].as_slice()
+    };
+    assert_eq!(names, expected, "lazy {lazy}: {text}");
+    let arrived = served.await.unwrap().unwrap();
+    assert_eq!(v["restored_pid"], arrived.pid);
+    assert!(arrived.confirmed);
+    target.reap_dumped();
+    target.restored(arrived.pid).assert_alive_and_intact();
 }
 
 /// Waits for the one copy of `target` to run, and returns it with the moment seen.
@@ -655,4 +683,37 @@ async fn a_restore_failing_on_the_destination_resumes_the_source_in_either_mode(
         );
     }
     drop(host);
+}
+
+#[tokio::test]
+#[ignore = "real criu: needs root and criu; scripts/test runs it (--include-ignored)"]
+async fn pre_copy_runs_where_memory_is_tracked_and_is_refused_clearly_where_not() {
+    use criu_swrk::PreDumpOptions;
+    use criu_swrk::migrate::{PreCopyPolicy, pre_copy};
+    let env = common::env();
+    let target = env.ns_workload(16);
+    let root = env.subdir("rounds");
+    let tracked = env.criu.features().await.unwrap().mem_track;
+    let rounds = pre_copy(&env.criu, &PreCopyPolicy::new().max_rounds(3), |n, _| {
+        let dir = root.join(n.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        PreDumpOptions::new(target.pid).images_dir(dir)
+    })
+    .await;
+    match rounds {
+        Ok((_loop, report)) => {
+            assert!(tracked, "pre-copy ran without memory tracking");
+            assert!((1..=3).contains(&report.rounds.len()), "{report:?}");
+        }
+        Err(e) => {
+            assert!(!tracked, "refused with memory tracking: {e}");
+            assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("CONFIG_MEM_SOFT_DIRTY"), "{text}");
+            // Refused before any pre-dump: nothing written, the tree untouched.
+            assert!(files_in(&root.join("1")).is_empty(), "{text}");
+        }
+    }
+    target.assert_alive_and_intact();
+    common::assert_no_criu_left().await;
 }

@@ -64,7 +64,7 @@ pub use dest::{Arrival, Destination};
 pub use precopy::{
     PreCopyPolicy, PreCopyReport, RoundStats, Step, StopReason, check_memory_tracking, pre_copy,
 };
-pub use source::{Migrated, Migration, Phases};
+pub use source::{Migrated, Migration, Phases, Progress};
 pub use tls::TlsFiles;
 
 /// How the control connection (and criu's page-server connection) is protected.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::dest::failed;
 use super::wire::{self, Msg};
@@ -36,6 +36,42 @@ pub struct Migration {
     deadline: Duration,
     work_dir: Option<PathBuf>,
     lazy: bool,
+    progress: Option<mpsc::UnboundedSender<Progress>>,
+}
+
+/// How far a migration has got, as it goes ([`Migration::progress`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Progress {
+    /// Connected and authenticated; the destination took the plan.
+    Ready,
+    /// The tree is frozen (criu's `pre-dump` hook); about this much memory moves.
+    Frozen {
+        /// The tree's resident memory.
+        memory_bytes: u64,
+    },
+    /// The dump reached `post-dump`: stop-and-copy's memory is on the destination.
+    Dumped,
+    /// The other image files are on the destination and match.
+    Sent {
+        /// Their bytes.
+        file_bytes: u64,
+    },
+    /// Post-copy: the tree runs on the destination; its pages follow.
+    Running {
+        /// Its root's pid there.
+        pid: i32,
+    },
+    /// Post-copy: pages served so far (every 8 MiB).
+    Pages {
+        /// Bytes served.
+        bytes: u64,
+    },
+    /// The tree runs on the destination with all its memory (the source's ends next).
+    Restored {
+        /// Its root's pid there.
+        pid: i32,
+    },
 }
 
 /// A tree that moved.
@@ -96,7 +132,29 @@ impl Migration {
             deadline: DEFAULT_DEADLINE,
             work_dir: None,
             lazy: false,
+            progress: None,
         }
+    }
+
+    /// Sends each step of the migration to `tx` as it is reached, for a progress
+    /// display; a closed receiver is ignored.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use criu_swrk::migrate::{Migration, Progress, Security};
+    /// # async fn run(m: Migration) {
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let shown = tokio::spawn(async move {
+    ///     while let Some(step) = rx.recv().await {
+    ///         eprintln!("{step:?}");
+    ///     }
+    /// });
+    /// let moved = m.progress(tx).run(&criu_swrk::Criu::new()).await;
+    /// # }
+    /// ```
+    pub fn progress(mut self, tx: mpsc::UnboundedSender<Progress>) -> Self {
+        self.progress = Some(tx);
+        self
     }
 
     /// Post-copy: the tree runs on the destination before its memory has arrived;
@@ -224,6 +282,7 @@ impl Migration {
             .await
             .map_err(|e| failed(Side::Source, format!("cpuinfo dump: {}", chain(&e))))?;
         let id = self.id.clone().unwrap_or_else(|| default_id(self.pid));
+        let memory_bytes = crate::fleet::size::tree_rss(self.pid);
         let lost = |e: std::io::Error| failed(Side::Link, format!("the control connection: {e}"));
         wire::send(
             &mut link,
@@ -236,7 +295,7 @@ impl Migration {
                 file_locks: self.file_locks,
                 ext_unix_sk: self.ext_unix_sk,
                 lazy: self.lazy,
-                memory_bytes: crate::fleet::size::tree_rss(self.pid),
+                memory_bytes,
             },
         )
         .await
@@ -260,6 +319,7 @@ impl Migration {
 
         let planned = Instant::now();
         tracing::info!(port, took = ?planned - connected, "the destination is ready");
+        tell(&self.progress, Progress::Ready);
         let mut opts = DumpOptions::new(self.pid)
             .images_dir(&images)
             .tcp_established(self.tcp_established)
@@ -303,6 +363,8 @@ impl Migration {
             restored: None,
             failure: None,
             file_bytes: 0,
+            memory_bytes,
+            progress: self.progress.clone(),
         };
         let relay = async {
             let port = lazy_port?;
@@ -319,7 +381,8 @@ impl Migration {
                 }
                 Ok(Handed::Go(mut link)) => {
                     tracing::debug!(port, "post-dump answered: relaying criu's pages");
-                    let served = serve_lazily(&mut link, port, deadline).await;
+                    let served =
+                        serve_lazily(&mut link, port, deadline, self.progress.as_ref()).await;
                     Some((link, served))
                 }
             }
@@ -368,6 +431,9 @@ impl Migration {
                     commit,
                 };
                 tracing::info!(restored = pid, ?phases, "migrated");
+                if lazy_result.is_some() {
+                    tell(&self.progress, Progress::Restored { pid });
+                }
                 Ok(Migrated {
                     pid,
                     downtime: hand.frozen_at.map_or(Duration::ZERO, |f| at - f),
@@ -471,11 +537,14 @@ struct Handover {
     restored: Option<(i32, Instant)>,
     failure: Option<(Side, String)>,
     file_bytes: u64,
+    memory_bytes: u64,
+    progress: Option<mpsc::UnboundedSender<Progress>>,
 }
 
 impl Handover {
     async fn hand_over(&mut self) -> std::result::Result<i32, (Side, String)> {
         self.post_dump_at = Some(Instant::now());
+        tell(&self.progress, Progress::Dumped);
         let lazy = self.lazy.is_some();
         let link = self
             .link
@@ -506,12 +575,22 @@ impl Handover {
             "image files sent; the destination restores"
         );
         let left = self.deadline.saturating_duration_since(Instant::now());
+        let sent = Progress::Sent {
+            file_bytes: self.file_bytes,
+        };
         match tokio::time::timeout(left, wire::recv(link)).await {
             Err(_) => Err((Side::Destination, "no restore within the deadline".into())),
             Ok(Err(e)) => Err(link_err(e)),
-            Ok(Ok(Msg::Restored { pid })) if !lazy => Ok(pid),
+            Ok(Ok(Msg::Restored { pid })) if !lazy => {
+                tell(&self.progress, sent);
+                tell(&self.progress, Progress::Restored { pid });
+                Ok(pid)
+            }
             // Post-copy: the restore starts once criu serves the pages.
-            Ok(Ok(Msg::Checked)) if lazy => Ok(0),
+            Ok(Ok(Msg::Checked)) if lazy => {
+                tell(&self.progress, sent);
+                Ok(0)
+            }
             Ok(Ok(Msg::Failed { reason })) => Err((Side::Destination, reason)),
             Ok(Ok(other)) => Err((
                 Side::Destination,
@@ -526,6 +605,12 @@ impl Hooks for Handover {
         match n {
             Notification::PreDump => {
                 self.frozen_at = Some(Instant::now());
+                tell(
+                    &self.progress,
+                    Progress::Frozen {
+                        memory_bytes: self.memory_bytes,
+                    },
+                );
                 Reply::ok()
             }
             Notification::PostDump => match self.hand_over().await {
@@ -567,6 +652,7 @@ async fn serve_lazily(
     link: &mut Box<dyn Link>,
     port: u16,
     deadline: Instant,
+    progress: Option<&mpsc::UnboundedSender<Progress>>,
 ) -> std::result::Result<(i32, Instant, u64), (Side, String)> {
     let criu = match tunnel::reach_criu(port, deadline).await {
         Ok(s) => s,
@@ -585,7 +671,13 @@ async fn serve_lazily(
         tunnel::reset(criu);
         return Err((Side::Link, format!("the control connection: {e}")));
     }
-    tunnel::source(link, criu, deadline).await
+    tunnel::source(link, criu, deadline, progress).await
+}
+
+fn tell(to: &Option<mpsc::UnboundedSender<Progress>>, step: Progress) {
+    if let Some(tx) = to {
+        let _ = tx.send(step);
+    }
 }
 
 /// A port for criu's lazy page server, free now. criu takes only the port for a

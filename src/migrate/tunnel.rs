@@ -17,10 +17,11 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{Mutex, Notify};
 
-use super::Link;
 use super::wire::{self, Msg};
+use super::{Link, Progress};
 use crate::error::Side;
 use crate::lazy::LazyPages;
 
@@ -32,6 +33,8 @@ const REQUEST: usize = 32;
 const CLOSE: [u32; 2] = [0x1023, 0x1024];
 /// How much of criu's page stream goes into one frame.
 const CHUNK: usize = 256 * 1024;
+/// How often served pages are reported.
+const REPORT_EVERY: u64 = 8 << 20;
 
 type Failure = (Side, String);
 
@@ -199,9 +202,10 @@ pub(crate) async fn source(
     link: &mut Box<dyn Link>,
     mut criu: TcpStream,
     deadline: Instant,
+    progress: Option<&UnboundedSender<Progress>>,
 ) -> Result<(i32, Instant, u64), Failure> {
     let left = deadline.saturating_duration_since(Instant::now());
-    let relayed = tokio::time::timeout(left, relay(link, &mut criu)).await;
+    let relayed = tokio::time::timeout(left, relay(link, &mut criu, progress)).await;
     let result = match relayed {
         Ok(Ok((Some((pid, at)), bytes))) => close(&mut criu).await.map(|()| (pid, at, bytes)),
         Ok(Ok((None, _))) => Err((
@@ -244,6 +248,7 @@ pub(crate) async fn release(port: u16, deadline: Instant) -> Result<(), Failure>
 async fn relay(
     link: &mut Box<dyn Link>,
     criu: &mut TcpStream,
+    progress: Option<&UnboundedSender<Progress>>,
 ) -> Result<(Option<(i32, Instant)>, u64), Failure> {
     let (mut from_dest, mut to_dest) = tokio::io::split(&mut **link);
     let (mut from_criu, mut to_criu) = criu.split();
@@ -268,6 +273,13 @@ async fn relay(
             wire::send_data(&mut to_dest, &buf[..n])
                 .await
                 .map_err(link_err)?;
+            if let Some(tx) = progress
+                && served / REPORT_EVERY != (served + n as u64) / REPORT_EVERY
+            {
+                let _ = tx.send(Progress::Pages {
+                    bytes: served + n as u64,
+                });
+            }
             served += n as u64;
         }
         wire::send(&mut to_dest, &Msg::End).await.map_err(link_err)
@@ -293,6 +305,9 @@ async fn relay(
                 }
                 Msg::Running { pid } => {
                     tracing::info!(pid, "the tree runs on the destination; its pages follow");
+                    if let Some(tx) = progress {
+                        let _ = tx.send(Progress::Running { pid });
+                    }
                     running = Some((pid, Instant::now()));
                 }
                 Msg::Done => {

@@ -1,7 +1,9 @@
 //! `serve` and `migrate`: live migration between two hosts.
 
 use criu_swrk::Criu;
-use criu_swrk::migrate::{Destination, Migration, Security, TlsFiles};
+use std::io::IsTerminal;
+
+use criu_swrk::migrate::{Destination, Migration, Progress, Security, TlsFiles};
 use serde_json::json;
 
 use crate::args::{MigrateArgs, SecurityArgs, ServeArgs};
@@ -97,7 +99,12 @@ pub async fn migrate(criu: &Criu, a: MigrateArgs, json: bool) -> bool {
     if let Some(d) = a.security.deadline {
         m = m.deadline(d);
     }
-    match m.run(criu).await {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let shown = tokio::spawn(show_progress(rx, a.pid, json));
+    let result = m.progress(tx).run(criu).await;
+    // The sender went with the migration: the display ends with its last step.
+    let _ = shown.await;
+    match result {
         Ok(moved) => {
             if json {
                 println!(
@@ -148,5 +155,78 @@ pub async fn migrate(criu: &Criu, a: MigrateArgs, json: bool) -> bool {
             }
             false
         }
+    }
+}
+
+/// The migration's steps as they come: JSON lines on stdout with `--json`, a spinner
+/// on stderr when it is a terminal, plain lines on stderr otherwise.
+async fn show_progress(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Progress>,
+    pid: i32,
+    json: bool,
+) {
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} migrate {prefix}: {msg} {elapsed}")
+                .expect("a valid template"),
+        );
+        bar.set_prefix(pid.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    });
+    let mut memory = 0u64;
+    while let Some(step) = rx.recv().await {
+        let (name, detail, text) = match step {
+            Progress::Ready => ("ready", json!({}), "the destination is ready".to_owned()),
+            Progress::Frozen { memory_bytes } => {
+                memory = memory_bytes;
+                (
+                    "frozen",
+                    json!({"memory_bytes": memory_bytes}),
+                    format!("frozen, {} MiB to move", memory_bytes >> 20),
+                )
+            }
+            Progress::Dumped => ("dumped", json!({}), "dumped".to_owned()),
+            Progress::Sent { file_bytes } => (
+                "sent",
+                json!({"file_bytes": file_bytes}),
+                format!("images sent ({} KiB)", file_bytes >> 10),
+            ),
+            Progress::Running { pid } => (
+                "running",
+                json!({"restored_pid": pid}),
+                format!("runs there as pid {pid}; its pages follow"),
+            ),
+            Progress::Pages { bytes } => (
+                "pages",
+                json!({"bytes": bytes}),
+                format!(
+                    "runs there; pages {} of about {} MiB",
+                    bytes >> 20,
+                    memory.max(bytes) >> 20
+                ),
+            ),
+            Progress::Restored { pid } => (
+                "restored",
+                json!({"restored_pid": pid}),
+                format!("restored there as pid {pid}"),
+            ),
+            _ => continue,
+        };
+        if json {
+            let mut line = json!({"event": "progress", "pid": pid, "step": name});
+            if let (Some(o), Some(d)) = (line.as_object_mut(), detail.as_object()) {
+                o.extend(d.clone());
+            }
+            println!("{line}");
+        } else if let Some(bar) = &bar {
+            bar.set_message(text);
+        } else if name != "pages" {
+            eprintln!("criu-swrk: migrate {pid}: {text}");
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
 }
