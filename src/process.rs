@@ -503,6 +503,19 @@ impl Held {
         parent_ok().then_some(held)
     }
 
+    /// Holds `pid`, a tree root criu is restoring for us (at its `post-restore` hook):
+    /// its parent is us or a criu of ours. Held from then on, it can be killed later
+    /// wherever it has been re-parented.
+    pub(crate) fn restored_here(pid: i32) -> Option<Self> {
+        let me = std::process::id() as i32;
+        let (ppid, _) = parent_and_group(pid)?;
+        let ours = ppid == me || parent_and_group(ppid).is_some_and(|(pp, _)| pp == me);
+        if !ours {
+            return None;
+        }
+        Self::child_of(pid, &[ppid])
+    }
+
     pub(crate) fn pid(&self) -> i32 {
         self.pid
     }

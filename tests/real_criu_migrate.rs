@@ -717,3 +717,57 @@ async fn pre_copy_runs_where_memory_is_tracked_and_is_refused_clearly_where_not(
     target.assert_alive_and_intact();
     common::assert_no_criu_left().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real criu: needs root and criu; scripts/test runs it (--include-ignored)"]
+async fn post_copy_cut_while_pages_flow_resumes_the_source_and_ends_the_copy() {
+    let env = common::env();
+    let _pipes = common::PipeMaxSize::set(4 << 20);
+    let host = Host::new();
+    host.shape("400mbit");
+    let pki = Pki::new("criu-swrk test CA");
+    let root = env.subdir("incoming");
+    let mut security = tls_args(&pki.side(&host.there));
+    security.extend(["--deadline".into(), "12".into()]);
+    let serve = host.serve(&root, &security);
+    let target = env.ns_workload(256);
+    let migration = Migration::new(target.pid, serve.addr, Security::Tls(pki.side("source")))
+        .id("cut-lazy")
+        .lazy(true)
+        .deadline(Duration::from_secs(10));
+    let criu = env.criu.clone();
+    let started = Instant::now();
+    let migration = tokio::spawn(async move { migration.run(&criu).await });
+    // The copy runs there with part of its memory; then the link goes silent.
+    let copy = {
+        let t = &target;
+        tokio::task::block_in_place(|| copy_running(t, Duration::from_secs(30)))
+    };
+    assert!(!migration.is_finished(), "the pages were all there already");
+    ip(&["link", "set", &host.veth, "down"]);
+    let err = migration.await.unwrap().unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            err,
+            Error::Migration {
+                source_tree: RequestState::RolledBack,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_secs(25), "took {took:?}: {err}");
+    // criu resumed the source tree as it was frozen.
+    target.assert_alive_and_intact();
+    // The destination, silent source past its deadline, ended its copy.
+    let said = serve.result();
+    assert_eq!(said["event"], "failed", "{said}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while target.copies().contains(&copy) {
+        assert!(Instant::now() < deadline, "the copy {copy} still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    common::assert_no_criu_left().await;
+    drop(host);
+}

@@ -12,7 +12,9 @@ use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed};
 use crate::criu::Criu;
 use crate::error::{Error, RequestState, Result, Side, chain};
 use crate::lazy::LazyPagesOptions;
+use crate::notify::{Hooks, Notification, Reply};
 use crate::options::{CpuinfoOptions, PageServerOptions, RestoreOptions};
+use crate::process::Held;
 
 /// The largest image file accepted over the control connection (pages go to the
 /// page server, not here).
@@ -155,8 +157,8 @@ impl Destination {
             }
             Err(_) => {
                 // A tree still waiting for pages cannot run on: the source resumes.
-                if let Some(pid) = progress.running.take() {
-                    kill_tree(pid);
+                if let Some(held) = progress.running.take() {
+                    held.kill_tree();
                 }
                 if let Some(dir) = progress.made.take() {
                     remove(&dir);
@@ -263,8 +265,9 @@ impl Destination {
         } else {
             self.receive(&mut link, local, &dir, restore).await
         };
+        let result = result.map(|(held, bytes)| (held.pid(), Some(held), bytes));
         match result {
-            Ok((pid, file_bytes)) => {
+            Ok((pid, held, file_bytes)) => {
                 progress.made = None;
                 progress.restored = Some(Arrival {
                     id: id.clone(),
@@ -279,7 +282,9 @@ impl Destination {
                     Ok(Msg::Abort { reason }) => {
                         tracing::warn!(pid, %reason, "the source kept its tree: killing the copy");
                         progress.restored = None;
-                        kill_tree(pid);
+                        if let Some(held) = held {
+                            held.kill_tree();
+                        }
                         remove(&dir);
                         return Err(failed(
                             Side::Source,
@@ -365,7 +370,7 @@ impl Destination {
         local: IpAddr,
         dir: &Path,
         restore: RestoreOptions,
-    ) -> std::result::Result<(i32, u64), (Side, String)> {
+    ) -> std::result::Result<(Restored, u64), (Side, String)> {
         let link_err = |e: std::io::Error| (Side::Link, format!("the control connection: {e}"));
         let mut ps_opts = PageServerOptions::new()
             .images_dir(dir)
@@ -422,15 +427,16 @@ impl Destination {
                 format!("the page server failed ({status})"),
             ));
         }
-        let restored = self
-            .criu
-            .restore(restore)
-            .await
-            .map_err(|e| (Side::Destination, format!("restore: {}", chain(&e))))?;
-        wire::send(link, &Msg::Restored { pid: restored.pid })
-            .await
-            .map_err(link_err)?;
-        Ok((restored.pid, file_bytes))
+        let restored = restore_holding(&self.criu, restore).await?;
+        wire::send(
+            link,
+            &Msg::Restored {
+                pid: restored.pid(),
+            },
+        )
+        .await
+        .map_err(link_err)?;
+        Ok((restored, file_bytes))
     }
 }
 
@@ -444,7 +450,7 @@ impl Destination {
         dir: &Path,
         restore: RestoreOptions,
         progress: &mut Progress,
-    ) -> std::result::Result<(i32, u64), (Side, String)> {
+    ) -> std::result::Result<(Restored, u64), (Side, String)> {
         let here = |why: String| (Side::Destination, why);
         wire::send(
             link,
@@ -483,24 +489,19 @@ impl Destination {
         }
         tracing::debug!("the source serves its pages: restoring");
         let criu = &self.criu;
-        let restore = async move {
-            criu.restore(restore.lazy_pages(true))
-                .await
-                .map(|out| out.pid)
-                .map_err(|e| here(format!("restore: {}", chain(&e))))
-        };
+        let restore = restore_holding(criu, restore.lazy_pages(true));
         let result = tunnel::destination(link, relay, daemon, restore, &mut progress.running).await;
         match result {
-            Ok((pid, _)) => {
-                progress.running = None;
-                tracing::info!(pid, "every page arrived");
-                Ok((pid, file_bytes))
+            Ok(_) => {
+                let held = progress.running.take().expect("the tree ran");
+                tracing::info!(pid = held.pid(), "every page arrived");
+                Ok((held, file_bytes))
             }
             Err(f) => {
                 // A tree missing pages cannot run on, and the source resumes its
                 // own: only one copy may run.
-                if let Some(pid) = progress.running.take() {
-                    kill_tree(pid);
+                if let Some(held) = progress.running.take() {
+                    held.kill_tree();
                 }
                 Err(f)
             }
@@ -577,7 +578,7 @@ struct Progress {
     made: Option<PathBuf>,
     restored: Option<Arrival>,
     /// Post-copy: a tree running here before all its memory arrived.
-    running: Option<i32>,
+    running: Option<Restored>,
 }
 
 /// Tells the source why this side will not take the migration.
@@ -617,10 +618,49 @@ fn remove(dir: &Path) {
     }
 }
 
-/// The restored root and its descendants, SIGKILLed.
-fn kill_tree(pid: i32) {
+/// A restored root, held from criu's `post-restore` hook on, so that it can be killed
+/// (with its descendants) wherever it was re-parented since.
+pub(super) type Restored = Held;
+
+/// Restores, holding the restored root.
+async fn restore_holding(
+    criu: &Criu,
+    opts: RestoreOptions,
+) -> std::result::Result<Restored, (Side, String)> {
+    let mut pin = Pin(None);
+    let out = criu
+        .restore_with(opts, &mut pin)
+        .await
+        .map_err(|e| (Side::Destination, format!("restore: {}", chain(&e))))?;
     let me = std::process::id() as i32;
-    if let Some(held) = crate::process::Held::child_of(pid, &[1, me]) {
-        held.kill_tree();
+    match pin.0.filter(|h| h.pid() == out.pid) {
+        Some(held) => Ok(held),
+        None => match Held::child_of(out.pid, &[1, me]) {
+            Some(held) => Ok(held),
+            None => {
+                // Running, but not ours to kill later: not kept. Killed now, by
+                // pid, a moment after criu named it.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(out.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                Err((
+                    Side::Destination,
+                    format!("restored pid {} could not be held; killed it", out.pid),
+                ))
+            }
+        },
+    }
+}
+
+/// Takes hold of the restored root at `post-restore`.
+struct Pin(Option<Held>);
+
+impl Hooks for Pin {
+    async fn on_notify(&mut self, n: Notification) -> Reply {
+        if let Notification::PostRestore { pid } = n {
+            self.0 = Held::restored_here(pid);
+        }
+        Reply::ok()
     }
 }

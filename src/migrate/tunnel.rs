@@ -24,6 +24,7 @@ use super::wire::{self, Msg};
 use super::{Link, Progress};
 use crate::error::Side;
 use crate::lazy::LazyPages;
+use crate::process::Held;
 
 /// criu's page-server requests are this struct: `u32 cmd; u64 nr_pages; u64 vaddr;
 /// u64 dst_id` with natural alignment (criu/page-xfer.c).
@@ -57,10 +58,10 @@ pub(crate) async fn destination<R>(
     relay: TcpListener,
     lazy: LazyPages,
     restore: R,
-    running: &mut Option<i32>,
+    running: &mut Option<Held>,
 ) -> Result<(i32, u64), Failure>
 where
-    R: Future<Output = Result<i32, Failure>>,
+    R: Future<Output = Result<Held, Failure>>,
 {
     let (mut from_source, to_source) = tokio::io::split(&mut **link);
     let to_source = Mutex::new(to_source);
@@ -91,11 +92,12 @@ where
     let lazy = Mutex::new(Some(lazy));
 
     let run = async {
-        let pid = match restored {
-            Some(pid) => pid,
+        let held = match restored {
+            Some(held) => held,
             None => restore.await?,
         };
-        *running = Some(pid);
+        let pid = held.pid();
+        *running = Some(held);
         let mut w = to_source.lock().await;
         wire::send(&mut *w, &Msg::Running { pid })
             .await

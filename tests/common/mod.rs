@@ -145,6 +145,7 @@ impl Env {
     /// `unshare --pid --fork setsid WORKLOAD ...` (stdio on /dev/null). The target's
     /// pid is the namespace's init (the child of `unshare`), as seen from here.
     pub fn ns_workload(&self, mib: usize) -> NsTarget {
+        let before = workload_pids();
         let info_path = self.next_info_path();
         let mib_s = mib.to_string();
         let (unshare, info) = workload::start(
@@ -164,7 +165,7 @@ impl Env {
             unshare: Some(unshare),
             pid: 0,
             info,
-            info_path,
+            before,
         };
         let unshare_pid = target.unshare.as_ref().unwrap().id() as i32;
         let children = children_of(unshare_pid);
@@ -307,33 +308,39 @@ pub struct NsTarget {
     /// The namespace's init (the workload), as seen from here.
     pub pid: i32,
     pub info: Info,
-    /// Its info file, which its command line names.
-    pub info_path: PathBuf,
+    /// Workload processes that were there before it (see [`NsTarget::copies`]).
+    before: Vec<i32>,
 }
 
 impl NsTarget {
-    /// Workload processes other than this one whose command line names its info
-    /// file: its restored copies.
+    /// Workload processes that appeared since this one started, other than it: its
+    /// restored copies (tests run one at a time). Read from /proc/PID/stat only: a
+    /// copy restored with lazy memory would stall a read of its command line until
+    /// that page arrived.
     pub fn copies(&self) -> Vec<i32> {
-        let needle = self.info_path.as_os_str().as_encoded_bytes();
-        std::fs::read_dir("/proc")
+        workload_pids()
             .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|&pid| pid != self.pid)
-            .filter(|&pid| {
-                let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                    return false;
-                };
-                // The workload itself, not unshare or setsid naming the same file.
-                cmd.split(|&b| b == 0)
-                    .next()
-                    .is_some_and(|exe| exe == WORKLOAD.as_bytes())
-                    && cmd.windows(needle.len()).any(|w| w == needle)
-            })
+            .filter(|pid| *pid != self.pid && !self.before.contains(pid))
             .collect()
     }
+}
+
+/// Live processes named `workload` (the kernel's comm, not their memory).
+fn workload_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let state = stat
+                    .rfind(')')
+                    .and_then(|i| stat[i + 1..].split_whitespace().next());
+                stat.contains("(workload)") && state != Some("Z")
+            })
+        })
+        .collect()
 }
 
 impl NsTarget {
