@@ -1,6 +1,6 @@
-//! Live migration between hosts, stop-and-copy: a running tree is dumped on the
-//! source straight into a page server on the destination, restored there, and only
-//! then let go on the source.
+//! Live migration between hosts: a running tree is dumped on the source, restored on
+//! the destination, and only then let go on the source. Stop-and-copy by default;
+//! post-copy with [`Migration::lazy`].
 //!
 //! Two sides, one control connection per migration (mutual TLS, [`TlsFiles`]):
 //!
