@@ -55,6 +55,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 mod dest;
 mod precopy;
+mod progress;
 mod source;
 mod tls;
 mod tunnel;
@@ -64,7 +65,8 @@ pub use dest::{Arrival, Destination};
 pub use precopy::{
     PreCopyPolicy, PreCopyReport, RoundStats, Step, StopReason, check_memory_tracking, pre_copy,
 };
-pub use source::{Migrated, Migration, Phases, Progress};
+pub use progress::Progress;
+pub use source::{Migrated, Migration, Phases};
 pub use tls::TlsFiles;
 
 /// How the control connection (and criu's page-server connection) is protected.

@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dest::failed;
+use super::progress::{Progress, tell};
 use super::wire::{self, Msg};
 use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed, tls, tunnel};
 use crate::criu::Criu;
@@ -37,41 +38,6 @@ pub struct Migration {
     work_dir: Option<PathBuf>,
     lazy: bool,
     progress: Option<mpsc::UnboundedSender<Progress>>,
-}
-
-/// How far a migration has got, as it goes ([`Migration::progress`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Progress {
-    /// Connected and authenticated; the destination took the plan.
-    Ready,
-    /// The tree is frozen (criu's `pre-dump` hook); about this much memory moves.
-    Frozen {
-        /// The tree's resident memory.
-        memory_bytes: u64,
-    },
-    /// The dump reached `post-dump`: stop-and-copy's memory is on the destination.
-    Dumped,
-    /// The other image files are on the destination and match.
-    Sent {
-        /// Their bytes.
-        file_bytes: u64,
-    },
-    /// Post-copy: the tree runs on the destination; its pages follow.
-    Running {
-        /// Its root's pid there.
-        pid: i32,
-    },
-    /// Post-copy: pages served so far (every 8 MiB).
-    Pages {
-        /// Bytes served.
-        bytes: u64,
-    },
-    /// The tree runs on the destination with all its memory (the source's ends next).
-    Restored {
-        /// Its root's pid there.
-        pid: i32,
-    },
 }
 
 /// A tree that moved.
@@ -672,12 +638,6 @@ async fn serve_lazily(
         return Err((Side::Link, format!("the control connection: {e}")));
     }
     tunnel::source(link, criu, deadline, progress).await
-}
-
-fn tell(to: &Option<mpsc::UnboundedSender<Progress>>, step: Progress) {
-    if let Some(tx) = to {
-        let _ = tx.send(step);
-    }
 }
 
 /// A port for criu's lazy page server, free now. criu takes only the port for a

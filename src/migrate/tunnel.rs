@@ -20,8 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{Mutex, Notify};
 
+use super::Link;
+use super::progress::Progress;
 use super::wire::{self, Msg};
-use super::{Link, Progress};
 use crate::error::Side;
 use crate::lazy::LazyPages;
 use crate::process::Held;
