@@ -771,3 +771,51 @@ async fn post_copy_cut_while_pages_flow_resumes_the_source_and_ends_the_copy() {
     common::assert_no_criu_left().await;
     drop(host);
 }
+
+#[tokio::test]
+#[ignore = "real criu: needs root and criu; scripts/test runs it (--include-ignored)"]
+async fn one_destination_takes_two_migrations_at_once() {
+    let env = common::env();
+    let _pipes = common::PipeMaxSize::set(4 << 20);
+    let root = env.subdir("incoming");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dest = Destination::new(env.criu.clone(), &root, Security::Insecure);
+    let served = tokio::spawn(async move {
+        let mut arrivals = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let dest = dest.clone();
+            arrivals.push(tokio::spawn(
+                async move { dest.serve_connection(tcp).await },
+            ));
+        }
+        let mut out = Vec::new();
+        for a in arrivals {
+            out.push(a.await.unwrap().unwrap());
+        }
+        out
+    });
+    let mut a = env.ns_workload(32);
+    let mut b = env.ns_workload(32);
+    let (ra, rb) = tokio::join!(
+        Migration::new(a.pid, addr, Security::Insecure)
+            .id("a")
+            .run(&env.criu),
+        Migration::new(b.pid, addr, Security::Insecure)
+            .id("b")
+            .lazy(true)
+            .run(&env.criu),
+    );
+    let (ma, mb) = (ra.unwrap(), rb.unwrap());
+    let arrived = served.await.unwrap();
+    let mut ids: Vec<&str> = arrived.iter().map(|x| x.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b"]);
+    assert!(arrived.iter().all(|x| x.confirmed));
+    a.reap_dumped();
+    b.reap_dumped();
+    a.restored(ma.pid).assert_alive_and_intact();
+    b.restored(mb.pid).assert_alive_and_intact();
+    common::assert_no_criu_left().await;
+}

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::tunnel;
 use super::wire::{self, Msg};
@@ -105,10 +105,42 @@ impl Destination {
     /// Dropping the future drops the connection: the source resumes its tree. A
     /// tree already restored here is left running (the source may have committed).
     pub async fn accept(&self, listener: &TcpListener) -> Result<Arrival> {
-        let (tcp, peer) = listener
+        let (tcp, _) = listener
             .accept()
             .await
             .map_err(|e| Error::io("accepting a migration", e))?;
+        self.serve_connection(tcp).await
+    }
+
+    /// Carries one migration through on a connection already accepted: what
+    /// [`accept`](Self::accept) does once it has one. Several may run at once (one
+    /// task per connection), each into its own `images_root/ID`.
+    ///
+    /// # Example
+    /// ```no_run
+    /// use criu_swrk::Criu;
+    /// use criu_swrk::migrate::{Destination, Security};
+    ///
+    /// # async fn run(security: Security) -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("10.0.0.2:7070").await?;
+    /// let dest = Destination::new(Criu::new(), "/var/lib/criu-swrk/incoming", security);
+    /// loop {
+    ///     let (tcp, _) = listener.accept().await?;
+    ///     let dest = dest.clone();
+    ///     tokio::spawn(async move { dest.serve_connection(tcp).await });
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`accept`](Self::accept), but for the accepting.
+    ///
+    /// # Cancel safety
+    /// As [`accept`](Self::accept).
+    pub async fn serve_connection(&self, tcp: TcpStream) -> Result<Arrival> {
+        let peer = tcp
+            .peer_addr()
+            .map_err(|e| Error::io("the migration connection's peer", e))?;
         let local = tcp
             .local_addr()
             .map_err(|e| Error::io("the migration connection's address", e))?

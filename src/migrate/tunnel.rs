@@ -35,6 +35,8 @@ const REQUEST: usize = 32;
 const CLOSE: [u32; 2] = [0x1023, 0x1024];
 /// How much of criu's page stream goes into one frame.
 const CHUNK: usize = 256 * 1024;
+/// How long criu's lazy page server may take to listen after `post-dump`.
+const LISTEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often served pages are reported.
 const REPORT_EVERY: u64 = 8 << 20;
 
@@ -348,8 +350,10 @@ async fn close(criu: &mut TcpStream) -> Result<(), Failure> {
 }
 
 /// Reaches criu's lazy page server on loopback `port`, which listens once `post-dump`
-/// was answered.
+/// was answered (within milliseconds; a criu that failed to listen, its port taken
+/// meanwhile, say, is given up on after [`LISTEN_WITHIN`]).
 pub(crate) async fn reach_criu(port: u16, deadline: Instant) -> Result<TcpStream, Failure> {
+    let deadline = deadline.min(Instant::now() + LISTEN_WITHIN);
     loop {
         match TcpStream::connect(("127.0.0.1", port)).await {
             Ok(s) => {

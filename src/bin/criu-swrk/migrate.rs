@@ -42,41 +42,56 @@ pub async fn serve(criu: &Criu, a: ServeArgs, json: bool) -> bool {
     } else {
         eprintln!("criu-swrk: serving migrations on {}", a.listen);
     }
+    if a.once {
+        return report_arrival(dest.accept(&listener).await, json);
+    }
+    // One task per migration: several sources may move trees here at once.
     loop {
-        let ok = match dest.accept(&listener).await {
-            Ok(arrived) => {
-                if json {
-                    println!(
-                        "{}",
-                        json!({"event": "arrived", "id": arrived.id, "pid": arrived.pid,
-                               "images_dir": arrived.images_dir, "confirmed": arrived.confirmed,
-                               "file_bytes": arrived.file_bytes})
-                    );
-                } else {
-                    println!(
-                        "{}: arrived as pid {}{}",
-                        arrived.id,
-                        arrived.pid,
-                        if arrived.confirmed {
-                            ""
-                        } else {
-                            " (the source did not confirm)"
-                        }
-                    );
-                }
-                true
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                let dest = dest.clone();
+                tokio::spawn(async move { report_arrival(dest.serve_connection(tcp).await, json) });
             }
             Err(e) => {
-                if json {
-                    println!("{}", json!({"event": "failed", "error": report::chain(&e)}));
-                } else {
-                    eprintln!("criu-swrk: serve: {}", report::chain(&e));
-                }
-                false
+                eprintln!("criu-swrk: serve: accepting: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-        };
-        if a.once {
-            return ok;
+        }
+    }
+}
+
+/// Prints how one migration ended; whether it arrived.
+fn report_arrival(result: criu_swrk::Result<criu_swrk::migrate::Arrival>, json: bool) -> bool {
+    match result {
+        Ok(arrived) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"event": "arrived", "id": arrived.id, "pid": arrived.pid,
+                           "images_dir": arrived.images_dir, "confirmed": arrived.confirmed,
+                           "file_bytes": arrived.file_bytes})
+                );
+            } else {
+                println!(
+                    "{}: arrived as pid {}{}",
+                    arrived.id,
+                    arrived.pid,
+                    if arrived.confirmed {
+                        ""
+                    } else {
+                        " (the source did not confirm)"
+                    }
+                );
+            }
+            true
+        }
+        Err(e) => {
+            if json {
+                println!("{}", json!({"event": "failed", "error": report::chain(&e)}));
+            } else {
+                eprintln!("criu-swrk: serve: {}", report::chain(&e));
+            }
+            false
         }
     }
 }
