@@ -35,6 +35,9 @@ const REQUEST: usize = 32;
 const CLOSE: [u32; 2] = [0x1023, 0x1024];
 /// How much of criu's page stream goes into one frame.
 const CHUNK: usize = 256 * 1024;
+/// How long page traffic may stop before the link counts as dead: a cut link sends
+/// no reset, and a whole migration's deadline is sized for its largest trees.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long criu's lazy page server may take to listen after `post-dump`.
 const LISTEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often served pages are reported.
@@ -44,6 +47,17 @@ type Failure = (Side, String);
 
 fn link_err(e: std::io::Error) -> Failure {
     (Side::Link, format!("the control connection: {e}"))
+}
+
+/// A read of the control connection, failed once nothing came for [`IDLE`].
+async fn idle<T>(read: impl Future<Output = std::io::Result<T>>) -> Result<T, Failure> {
+    match tokio::time::timeout(IDLE, read).await {
+        Ok(r) => r.map_err(link_err),
+        Err(_) => Err((
+            Side::Link,
+            format!("no page traffic for {}s: the link is gone", IDLE.as_secs()),
+        )),
+    }
 }
 
 /// The destination's half: restores the tree (`restore`, whose memory comes through
@@ -151,15 +165,12 @@ where
     let down = async {
         let mut buf = vec![0u8; CHUNK];
         loop {
-            match wire::recv(&mut from_source).await.map_err(link_err)? {
+            match idle(wire::recv(&mut from_source)).await? {
                 Msg::Data { len } => {
                     let mut left = len as usize;
                     while left > 0 {
                         let want = left.min(buf.len());
-                        from_source
-                            .read_exact(&mut buf[..want])
-                            .await
-                            .map_err(link_err)?;
+                        idle(from_source.read_exact(&mut buf[..want])).await?;
                         // A daemon gone early is the other half's to report.
                         let _ = to_daemon.lock().await.write_all(&buf[..want]).await;
                         left -= want;
@@ -292,15 +303,12 @@ async fn relay(
     let down = async {
         let mut buf = [0u8; REQUEST * 64];
         loop {
-            match wire::recv(&mut from_dest).await.map_err(link_err)? {
+            match idle(wire::recv(&mut from_dest)).await? {
                 Msg::Data { len } => {
                     let mut left = len as usize;
                     while left > 0 {
                         let want = left.min(buf.len());
-                        from_dest
-                            .read_exact(&mut buf[..want])
-                            .await
-                            .map_err(link_err)?;
+                        idle(from_dest.read_exact(&mut buf[..want])).await?;
                         to_criu
                             .write_all(&buf[..want])
                             .await
