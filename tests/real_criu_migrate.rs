@@ -712,6 +712,19 @@ async fn pre_copy_runs_where_memory_is_tracked_and_is_refused_clearly_where_not(
             assert!(text.contains("CONFIG_MEM_SOFT_DIRTY"), "{text}");
             // Refused before any pre-dump: nothing written, the tree untouched.
             assert!(files_in(&root.join("1")).is_empty(), "{text}");
+            // A pre-copy migration is refused as clearly, before it connects anywhere
+            // (nothing listens at this address).
+            let err = Migration::new(
+                target.pid,
+                "127.0.0.1:9".parse().unwrap(),
+                Security::Insecure,
+            )
+            .pre_copy(PreCopyPolicy::default())
+            .run(&env.criu)
+            .await
+            .unwrap_err();
+            assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
+            assert!(err.to_string().contains("CONFIG_MEM_SOFT_DIRTY"), "{err}");
         }
     }
     target.assert_alive_and_intact();

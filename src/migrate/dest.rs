@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::tunnel;
 use super::wire::{self, Msg};
 use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed};
+use super::{rounds, tunnel};
 use crate::criu::Criu;
 use crate::error::{Error, RequestState, Result, Side, chain};
 use crate::lazy::LazyPagesOptions;
 use crate::notify::{Hooks, Notification, Reply};
-use crate::options::{CpuinfoOptions, PageServerOptions, RestoreOptions};
+use crate::options::{CpuinfoOptions, RestoreOptions};
 use crate::process::Held;
 
 /// The largest image file accepted over the control connection (pages go to the
@@ -223,6 +223,7 @@ impl Destination {
             ext_unix_sk,
             lazy,
             memory_bytes,
+            pre_copy,
         } = hello
         else {
             return Err(failed(
@@ -295,7 +296,8 @@ impl Destination {
         let result = if lazy {
             self.receive_lazy(&mut link, &dir, restore, progress).await
         } else {
-            self.receive(&mut link, local, &dir, restore).await
+            self.receive(&mut link, local, &dir, restore, pre_copy)
+                .await
         };
         let result = result.map(|(held, bytes)| (held.pid(), Some(held), bytes));
         match result {
@@ -394,42 +396,32 @@ impl Destination {
             .map_err(|e| format!("this CPU cannot run the source's tree: {}", chain(&e)))
     }
 
-    /// Page server, files, restore: the restored pid and the bytes received, or the
-    /// side that failed and why.
+    /// Page server (after pre-copy's rounds, with `pre_copy`), files, restore: the
+    /// restored root and the bytes received, or the side that failed and why.
     async fn receive(
         &self,
         link: &mut Box<dyn Link>,
         local: IpAddr,
         dir: &Path,
         restore: RestoreOptions,
+        pre_copy: bool,
     ) -> std::result::Result<(Restored, u64), (Side, String)> {
         let link_err = |e: std::io::Error| (Side::Link, format!("the control connection: {e}"));
-        let mut ps_opts = PageServerOptions::new()
-            .images_dir(dir)
-            .address(local.to_string())
-            .port(0);
-        if let Security::Tls(f) = &self.security {
-            // criu checks a peer's name against its own address: right for the
-            // dumping side, meaningless here (the client's certificate is still
-            // checked against the CA).
-            ps_opts = ps_opts
-                .tls(true)
-                .tls_no_cn_verify(true)
-                .tls_cacert(f.ca.display().to_string())
-                .tls_cert(f.cert.display().to_string())
-                .tls_key(f.key.display().to_string());
-        }
-        let mut session = self
-            .criu
-            .session()
-            .map_err(|e| (Side::Destination, e.to_string()))?;
-        let ps = session
-            .page_server_child(ps_opts)
-            .await
-            .map_err(|e| (Side::Destination, format!("page server: {}", chain(&e))))?;
-        let ps_pid = ps
-            .pid
-            .ok_or((Side::Destination, "page server without a pid".to_owned()))?;
+        let parent = if pre_copy {
+            let r = rounds::receive(
+                &self.criu,
+                link,
+                dir,
+                local,
+                &self.security,
+                PAGE_SERVER_END,
+            );
+            Some(r.await?)
+        } else {
+            None
+        };
+        let ps =
+            rounds::page_server(&self.criu, dir, local, &self.security, parent.as_deref()).await?;
         wire::send(
             link,
             &Msg::Ready {
@@ -443,22 +435,9 @@ impl Destination {
         // pages are all here once the server has exited.
         // Waited for whatever the files' fate: criu's child, it would otherwise
         // outlive criu as nobody's.
-        let waited = tokio::time::timeout(PAGE_SERVER_END, session.wait_pid(ps_pid)).await;
+        let waited = rounds::page_server_end(ps, PAGE_SERVER_END).await;
         let file_bytes = files?;
-        let status = waited
-            .map_err(|_| {
-                (
-                    Side::Destination,
-                    "the page server did not finish".to_owned(),
-                )
-            })?
-            .map_err(|e| (Side::Destination, format!("page server: {}", chain(&e))))?;
-        if !status.success() {
-            return Err((
-                Side::Destination,
-                format!("the page server failed ({status})"),
-            ));
-        }
+        waited?;
         let restored = restore_holding(&self.criu, restore).await?;
         wire::send(
             link,

@@ -20,13 +20,33 @@
 //!    answers `post-dump` with failure and the tree resumes where it was, intact:
 //!    [`Error::Migration`](crate::Error::Migration) says which side failed and why.
 //!
+//! Before anything is frozen the destination checks its criu against the source's,
+//! the source's CPU description (criu's `cpuinfo check`) and, unless post-copy, its
+//! free space against the tree's resident memory.
+//!
+//! **Post-copy** ([`Migration::lazy`]): the dump leaves the memory in the frozen
+//! source tree; the destination restores at once under a lazy-pages daemon, and the
+//! tree runs there while its pages follow, on demand and in the background, relayed
+//! inside the control connection. The downtime no longer grows with the memory. The
+//! source tree ends only once every page has arrived and the daemon exited well; if
+//! the transfer fails before (a link cut, a destination gone, a daemon failing), the
+//! destination kills its copy and criu resumes the source tree as it was frozen.
+//! What the copy did meanwhile is lost, and its effects outside (answers it sent)
+//! are not undone.
+//!
+//! **Pre-copy** ([`Migration::pre_copy`]) needs the kernel to track dirty memory:
+//! rounds of pre-dumps while the tree runs, each into a page server the destination
+//! starts for it (`ID/<n>`, its parent `../<n - 1>`), until P.Haul's rule
+//! ([`PreCopyPolicy`]) stops them; then the final dump into `ID`, its parent the last
+//! round. [`pre_copy`] runs such rounds on one criu wherever they go. Where the
+//! kernel lacks soft-dirty bits both are refused with
+//! [`Error::Unsupported`](crate::Error::Unsupported) before anything is frozen.
+//!
 //! Plain TCP ([`Security::Insecure`]) is accepted only on loopback and on the
 //! documentation ranges of RFC 5737 (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24),
 //! which test setups use.
 //!
-//! Not here yet: post-copy (lazy pages) and pre-copy migration ([`pre_copy`] and
-//! [`PreCopyPolicy`] run the rounds, but [`Migration::run`] does not use them yet). A
-//! commit message from the source that never reaches the destination leaves the
+//! A commit message from the source that never reaches the destination leaves the
 //! restored tree running there, reported with [`Arrival::confirmed`] false.
 //!
 //! # Example
@@ -56,6 +76,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 mod dest;
 mod precopy;
 mod progress;
+mod rounds;
 mod source;
 mod tls;
 mod tunnel;

@@ -212,14 +212,44 @@ pub async fn pre_copy<F>(
     mut round_opts: F,
 ) -> Result<(PreDumpLoop, PreCopyReport)>
 where
-    F: FnMut(u32, Option<&str>) -> PreDumpOptions,
+    F: FnMut(u32, Option<&str>) -> PreDumpOptions + Send,
 {
+    pre_copy_with(criu, policy, &mut Given(&mut round_opts)).await
+}
+
+/// Where each round's options come from, possibly after asking (a destination's
+/// page server for the round, say).
+pub(crate) trait RoundOptions: Send {
+    /// Round `round`'s options; `parent` as in [`pre_copy`].
+    fn options(
+        &mut self,
+        round: u32,
+        parent: Option<&str>,
+    ) -> impl Future<Output = Result<PreDumpOptions>> + Send;
+}
+
+/// Options from a closure.
+struct Given<'a, F>(&'a mut F);
+
+impl<F: FnMut(u32, Option<&str>) -> PreDumpOptions + Send> RoundOptions for Given<'_, F> {
+    async fn options(&mut self, round: u32, parent: Option<&str>) -> Result<PreDumpOptions> {
+        Ok((self.0)(round, parent))
+    }
+}
+
+/// [`pre_copy`] with options that take asking for; an error from `round_opts` ends
+/// the loop with it.
+pub(crate) async fn pre_copy_with<R: RoundOptions>(
+    criu: &Criu,
+    policy: &PreCopyPolicy,
+    round_opts: &mut R,
+) -> Result<(PreDumpLoop, PreCopyReport)> {
     let mut rounds: Vec<RoundStats> = Vec::new();
     let mut lp: Option<PreDumpLoop> = None;
     loop {
         let round = rounds.len() as u32 + 1;
         let parent = (round > 1).then(|| format!("../{}", round - 1));
-        let mut opts = round_opts(round, parent.as_deref());
+        let mut opts = round_opts.options(round, parent.as_deref()).await?;
         if let Some(parent) = &parent {
             opts = opts.parent_images(parent.clone());
         }

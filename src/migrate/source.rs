@@ -9,9 +9,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dest::failed;
+use super::precopy::PreCopyPolicy;
 use super::progress::{Progress, tell};
 use super::wire::{self, Msg};
-use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed, tls, tunnel};
+use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed, rounds, tls, tunnel};
 use crate::criu::Criu;
 use crate::error::{Error, RequestState, Result, Side, chain};
 use crate::notify::{Hooks, Notification, Reply};
@@ -37,6 +38,7 @@ pub struct Migration {
     deadline: Duration,
     work_dir: Option<PathBuf>,
     lazy: bool,
+    pre_copy: Option<PreCopyPolicy>,
     progress: Option<mpsc::UnboundedSender<Progress>>,
 }
 
@@ -98,8 +100,23 @@ impl Migration {
             deadline: DEFAULT_DEADLINE,
             work_dir: None,
             lazy: false,
+            pre_copy: None,
             progress: None,
         }
+    }
+
+    /// Pre-copy: before the final dump, copy the memory in rounds of pre-dumps while
+    /// the tree runs, until `policy` says stop ([`PreCopyPolicy`]: P.Haul's rule),
+    /// so that the final dump, while the tree is frozen, sends only what the last
+    /// round left dirty. Each round goes to a page server the destination starts
+    /// for it; the final dump's images name the last round as their parent.
+    ///
+    /// Needs the kernel to track dirty memory (soft-dirty bits): without it the
+    /// migration is refused with [`Error::Unsupported`] before anything is
+    /// connected or frozen. Not with [`lazy`](Self::lazy).
+    pub fn pre_copy(mut self, policy: PreCopyPolicy) -> Self {
+        self.pre_copy = Some(policy);
+        self
     }
 
     /// Sends each step of the migration to `tx` as it is reached, for a progress
@@ -221,6 +238,19 @@ impl Migration {
         if self.lazy {
             crate::preflight::lazy_dump()?;
         }
+        if self.pre_copy.is_some() {
+            if self.lazy {
+                return Err(Error::InvalidOptions {
+                    option: "pre_copy",
+                    reason: "pre-copy and post-copy do not go together: pick one".into(),
+                });
+            }
+            let features = criu
+                .features()
+                .await
+                .map_err(|e| failed(Side::Source, format!("criu here: {}", chain(&e))))?;
+            super::precopy::check_memory_tracking(&features)?;
+        }
         let host = self.to.ip();
         let scratch;
         let images = match &self.work_dir {
@@ -262,6 +292,7 @@ impl Migration {
                 ext_unix_sk: self.ext_unix_sk,
                 lazy: self.lazy,
                 memory_bytes,
+                pre_copy: self.pre_copy.is_some(),
             },
         )
         .await
@@ -283,9 +314,28 @@ impl Migration {
             }
         };
 
+        tell(&self.progress, Progress::Ready);
+        let mut pre_copied = None;
+        let mut port = port;
+        if let Some(policy) = &self.pre_copy {
+            let deadline = started + self.left(started);
+            let (lp, report, final_port, parent) = rounds::send(
+                criu,
+                &mut link,
+                policy,
+                self.pid,
+                host,
+                &images,
+                &self.security,
+                deadline,
+            )
+            .await?;
+            tracing::info!(rounds = report.rounds.len(), stop = %report.stop, "pre-copied");
+            port = final_port;
+            pre_copied = Some((lp, parent));
+        }
         let planned = Instant::now();
         tracing::info!(port, took = ?planned - connected, "the destination is ready");
-        tell(&self.progress, Progress::Ready);
         let mut opts = DumpOptions::new(self.pid)
             .images_dir(&images)
             .tcp_established(self.tcp_established)
@@ -296,7 +346,7 @@ impl Migration {
         // Post-copy: criu serves the pages on our loopback once post-dump is
         // answered; we relay them (tunnel.rs).
         let lazy_port = if self.lazy {
-            Some(free_lazy_port()?)
+            Some(tunnel::free_lazy_port()?)
         } else {
             None
         };
@@ -316,6 +366,13 @@ impl Migration {
         if let Some(lock) = self.network_lock {
             opts = opts.network_lock(lock);
         }
+        let pre_loop = match pre_copied {
+            Some((lp, parent)) => {
+                opts = opts.parent_images(parent);
+                Some(lp)
+            }
+            None => None,
+        };
         let deadline = started + self.left(started);
         let (handed_tx, handed_rx) = oneshot::channel();
         let mut hand = Handover {
@@ -339,21 +396,28 @@ impl Migration {
                 Err(_) => None,
                 // Refused at post-dump: criu serves anyway, to nobody; end its
                 // session so that it resumes the tree.
-                Ok(Handed::Refused) => {
+                Ok(tunnel::Handed::Refused) => {
                     if let Err((_, why)) = tunnel::release(port, deadline).await {
                         tracing::warn!(reason = %why, "criu's lazy page server");
                     }
                     None
                 }
-                Ok(Handed::Go(mut link)) => {
+                Ok(tunnel::Handed::Go(mut link)) => {
                     tracing::debug!(port, "post-dump answered: relaying criu's pages");
                     let served =
-                        serve_lazily(&mut link, port, deadline, self.progress.as_ref()).await;
+                        tunnel::serve_lazily(&mut link, port, deadline, self.progress.as_ref())
+                            .await;
                     Some((link, served))
                 }
             }
         };
-        let (dumped, relayed) = tokio::join!(criu.dump_with(opts, &mut hand), relay);
+        let dump = async {
+            match pre_loop {
+                Some(lp) => lp.dump_with(opts, &mut hand).await,
+                None => criu.dump_with(opts, &mut hand).await,
+            }
+        };
+        let (dumped, relayed) = tokio::join!(dump, relay);
         let ended = Instant::now();
         let mut lazy_result = None;
         if let Some((link, served)) = relayed {
@@ -494,7 +558,7 @@ struct Handover {
     /// Lent to the page relay once a post-copy's post-dump is answered.
     link: Option<Box<dyn Link>>,
     /// Post-copy: where the link goes at post-dump.
-    lazy: Option<oneshot::Sender<Handed>>,
+    lazy: Option<oneshot::Sender<tunnel::Handed>>,
     images: PathBuf,
     deadline: Instant,
     frozen_at: Option<Instant>,
@@ -584,14 +648,14 @@ impl Hooks for Handover {
                     self.restored = Some((pid, Instant::now()));
                     if let Some(tx) = self.lazy.take() {
                         let link = self.link.take().expect("the link is here");
-                        let _ = tx.send(Handed::Go(link));
+                        let _ = tx.send(tunnel::Handed::Go(link));
                     }
                     Reply::ok()
                 }
                 Err((side, why)) => {
                     tracing::warn!(%side, reason = %why, "migration failed: the tree resumes here");
                     if let Some(tx) = self.lazy.take() {
-                        let _ = tx.send(Handed::Refused);
+                        let _ = tx.send(tunnel::Handed::Refused);
                     }
                     let reply = Reply::fail(why.clone());
                     self.failure = Some((side, why));
@@ -601,70 +665,6 @@ impl Hooks for Handover {
             _ => Reply::ok(),
         }
     }
-}
-
-/// What a post-copy's post-dump hook leaves to the page relay.
-enum Handed {
-    /// Answered with success (the destination has the files): the link.
-    Go(Box<dyn Link>),
-    /// Answered with failure.
-    Refused,
-}
-
-/// Post-copy after post-dump: reach criu's page server and relay the pages while
-/// the destination restores. The restored pid, when the tree ran there and the
-/// bytes served.
-async fn serve_lazily(
-    link: &mut Box<dyn Link>,
-    port: u16,
-    deadline: Instant,
-    progress: Option<&mpsc::UnboundedSender<Progress>>,
-) -> std::result::Result<(i32, Instant, u64), (Side, String)> {
-    let criu = match tunnel::reach_criu(port, deadline).await {
-        Ok(s) => s,
-        Err(f) => {
-            let _ = wire::send(
-                link,
-                &Msg::Abort {
-                    reason: f.1.clone(),
-                },
-            )
-            .await;
-            return Err(f);
-        }
-    };
-    if let Err(e) = wire::send(link, &Msg::Serving).await {
-        tunnel::reset(criu);
-        return Err((Side::Link, format!("the control connection: {e}")));
-    }
-    tunnel::source(link, criu, deadline, progress).await
-}
-
-/// A port for criu's lazy page server, free now. criu takes only the port for a
-/// lazy dump and listens on every address (cr-service.c ignores the address), so
-/// the port is checked free on all of them, and picked below the kernel's
-/// ephemeral range, where no listener of ours (nor a peer's connection) lands by
-/// chance between this check and criu's bind.
-fn free_lazy_port() -> Result<u16> {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        ^ std::process::id().rotate_left(16);
-    let mut x = seed | 1;
-    for _ in 0..64 {
-        // xorshift32: spread over 20000..32768.
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        let port = 20_000 + (x % 12_768) as u16;
-        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(Error::io(
-        "finding a free port for criu's lazy page server",
-        std::io::Error::from(std::io::ErrorKind::AddrInUse),
-    ))
 }
 
 fn default_id(pid: i32) -> String {

@@ -379,3 +379,67 @@ pub(crate) async fn reach_criu(port: u16, deadline: Instant) -> Result<TcpStream
         }
     }
 }
+
+/// What a post-copy's post-dump hook leaves to the page relay.
+pub(super) enum Handed {
+    /// Answered with success (the destination has the files): the link.
+    Go(Box<dyn Link>),
+    /// Answered with failure.
+    Refused,
+}
+
+/// Post-copy after post-dump: reach criu's page server and relay the pages while
+/// the destination restores. The restored pid, when the tree ran there and the
+/// bytes served.
+pub(super) async fn serve_lazily(
+    link: &mut Box<dyn Link>,
+    port: u16,
+    deadline: Instant,
+    progress: Option<&UnboundedSender<Progress>>,
+) -> std::result::Result<(i32, Instant, u64), (Side, String)> {
+    let criu = match reach_criu(port, deadline).await {
+        Ok(s) => s,
+        Err(f) => {
+            let _ = wire::send(
+                link,
+                &Msg::Abort {
+                    reason: f.1.clone(),
+                },
+            )
+            .await;
+            return Err(f);
+        }
+    };
+    if let Err(e) = wire::send(link, &Msg::Serving).await {
+        reset(criu);
+        return Err((Side::Link, format!("the control connection: {e}")));
+    }
+    source(link, criu, deadline, progress).await
+}
+
+/// A port for criu's lazy page server, free now. criu takes only the port for a
+/// lazy dump and listens on every address (cr-service.c ignores the address), so
+/// the port is checked free on all of them, and picked below the kernel's
+/// ephemeral range, where no listener of ours (nor a peer's connection) lands by
+/// chance between this check and criu's bind.
+pub(super) fn free_lazy_port() -> crate::Result<u16> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().rotate_left(16);
+    let mut x = seed | 1;
+    for _ in 0..64 {
+        // xorshift32: spread over 20000..32768.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let port = 20_000 + (x % 12_768) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(crate::Error::io(
+        "finding a free port for criu's lazy page server",
+        std::io::Error::from(std::io::ErrorKind::AddrInUse),
+    ))
+}

@@ -16,6 +16,9 @@ const MAX_FRAME: u32 = 64 * 1024;
 /// `post-dump`, `Restored` (or `Failed`), then `Commit` (the source tree is gone) or
 /// `Abort` (it runs on: the destination kills what it restored).
 ///
+/// Pre-copy inserts, after the first `Ready` (port 0), a `Round`/`Ready`/`RoundDone`/
+/// `RoundIn` exchange per round and `Final`, answered with the final dump's `Ready`.
+///
 /// Post-copy (`lazy`) differs after `Restore`: the destination says `Checked` once
 /// the files match; the source answers `post-dump`, reaches its criu's page server
 /// and says `Serving` (or `Abort`); the destination restores, its page traffic going
@@ -41,6 +44,27 @@ pub(crate) enum Msg {
         /// The tree's resident memory, for the destination's free-space check.
         #[serde(default)]
         memory_bytes: u64,
+        /// Pre-copy: rounds of pre-dumps come first (`Round`...), then `Final`.
+        #[serde(default)]
+        pre_copy: bool,
+    },
+    /// Pre-copy: start a page server for round `round` (into `ID/<round>`, its
+    /// parent `../<round - 1>`); answered with `Ready`.
+    Round {
+        round: u32,
+    },
+    /// Pre-copy: the source's pre-dump of `round` is over; answered with `RoundIn`
+    /// once its pages are all written.
+    RoundDone {
+        round: u32,
+    },
+    RoundIn {
+        round: u32,
+    },
+    /// Pre-copy: the final dump's page server (into `ID`, its parent `<round>`);
+    /// answered with `Ready`.
+    Final {
+        parent_round: u32,
     },
     Ready {
         page_server_port: u16,

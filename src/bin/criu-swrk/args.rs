@@ -194,6 +194,10 @@ pub struct MigrateArgs {
     /// pages follow on demand (needs fs.pipe-max-size >= 4 MiB here).
     #[arg(long)]
     pub lazy: bool,
+    /// Pre-copy: rounds of pre-dumps while the tree runs before the final dump
+    /// (needs the kernel's dirty-memory tracking; refused without it).
+    #[arg(long, conflicts_with = "lazy")]
+    pub pre_copy: bool,
 }
 
 /// How `dump-many` and `restore-many` schedule their targets.

@@ -102,6 +102,9 @@ pub async fn migrate(criu: &Criu, a: MigrateArgs, json: bool) -> bool {
         .tcp_established(a.tcp_established)
         .shell_job(a.shell_job)
         .lazy(a.lazy);
+    if a.pre_copy {
+        m = m.pre_copy(criu_swrk::migrate::PreCopyPolicy::default());
+    }
     if let Some(name) = a.server_name {
         m = m.server_name(name);
     }
