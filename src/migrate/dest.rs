@@ -343,7 +343,7 @@ impl Destination {
                 })
             }
             Err((side, why)) => {
-                let _ = wire::send(
+                let _ = wire::send_last(
                     &mut link,
                     &Msg::Failed {
                         reason: why.clone(),
@@ -594,7 +594,7 @@ struct Progress {
 
 /// Tells the source why this side will not take the migration.
 async fn refuse(link: &mut Box<dyn Link>, why: String) -> Result<Arrival> {
-    let _ = wire::send(
+    let _ = wire::send_last(
         link,
         &Msg::Failed {
             reason: why.clone(),

@@ -436,7 +436,7 @@ impl Migration {
         match (dumped, restored) {
             (Ok(out), Some((pid, at))) => {
                 // The tree is gone here: say so, so that the destination keeps it.
-                let _ = wire::send(&mut link, &Msg::Commit).await;
+                let _ = wire::send_last(&mut link, &Msg::Commit).await;
                 let pages_bytes = match &lazy_result {
                     Some((_, _, bytes)) => *bytes,
                     None => out
@@ -478,7 +478,7 @@ impl Migration {
                     Side::Source,
                     "criu finished the dump without reaching post-dump".into(),
                 ));
-                let _ = wire::send(
+                let _ = wire::send_last(
                     &mut link,
                     &Msg::Abort {
                         reason: reason.clone(),
@@ -497,7 +497,7 @@ impl Migration {
                     Some((_, why)) => why.clone(),
                     None => chain(&e),
                 };
-                let _ = wire::send(
+                let _ = wire::send_last(
                     &mut link,
                     &Msg::Abort {
                         reason: reason.clone(),

@@ -400,7 +400,7 @@ pub(super) async fn serve_lazily(
     let criu = match reach_criu(port, deadline).await {
         Ok(s) => s,
         Err(f) => {
-            let _ = wire::send(
+            let _ = wire::send_last(
                 link,
                 &Msg::Abort {
                     reason: f.1.clone(),

@@ -108,6 +108,19 @@ pub(crate) async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &Msg) -> std::io
     send_with(w, msg, &[]).await
 }
 
+/// How long a side's last word (a commit, an abort, a refusal) may take to go out:
+/// on a dead link with a full send buffer a write would wait forever.
+const LAST_WORD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends `msg` as a side's last word on the connection, giving up after
+/// [`LAST_WORD`]; whether it went out.
+pub(crate) async fn send_last<W: AsyncWrite + Unpin>(w: &mut W, msg: &Msg) -> bool {
+    matches!(
+        tokio::time::timeout(LAST_WORD, send(w, msg)).await,
+        Ok(Ok(()))
+    )
+}
+
 /// One frame and the bytes that follow it, in one write: page requests are small
 /// and wait on each other, so no piece may sit in Nagle's queue.
 async fn send_with<W: AsyncWrite + Unpin>(
