@@ -294,3 +294,69 @@ async fn a_bundle_with_a_mount_criu_cannot_handle_is_refused_before_the_containe
     let later = next_tick(container.output()).await;
     assert!(later > before);
 }
+
+#[tokio::test]
+#[ignore = "real criu: needs root and criu; scripts/test runs it (--include-ignored)"]
+async fn a_container_migrates_from_its_bundle_and_writes_on_to_its_volume() {
+    use criu_swrk::migrate::{Destination, Migration, Security};
+    let env = common::env();
+    let id = unique_id("oci-migrate");
+    let volume = env.subdir("volume");
+    let spec = BundleSpec {
+        volume: Some(volume.clone()),
+        args: Some(common::runc::default_loop(true, false)),
+        ..Default::default()
+    };
+    let bundle = Bundle::build(&env.subdir("bundle"), spec);
+    let mut container = Container::run(&bundle, &id);
+    next_tick(container.output()).await;
+    let root = env.subdir("incoming");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dest = Destination::new(env.criu.clone(), &root, Security::Insecure);
+    let served = tokio::spawn(async move { dest.accept(&listener).await });
+    let found = oci::Container::from_bundle(&bundle.dir, container.pid()).unwrap();
+    let moved = Migration::new(container.pid(), addr, Security::Insecure)
+        .container(found)
+        .id("container")
+        .run(&env.criu)
+        .await
+        .unwrap_or_else(|e| panic!("migration: {e}"));
+    let arrived = served.await.unwrap().unwrap();
+    assert_eq!(arrived.pid, moved.pid);
+    let _cgroups = Cgroups::of(moved.pid);
+    let _tree = RestoredTree { pid: moved.pid };
+    // The source container is gone; runc still lists it, stopped.
+    assert!(
+        !Path::new(&format!("/proc/{}", container.pid())).exists() || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", container.pid()))
+                .unwrap_or_default();
+            stat.contains(") Z ")
+        }
+    );
+    runc(&["delete", "-f", &id]);
+    // The copy writes on to the volume, from where the source left off.
+    let counter = || {
+        std::fs::read_to_string(volume.join("counter"))
+            .ok()
+            .and_then(|l| common::workload::parse_tick(&l))
+    };
+    let at = counter().expect("the counter on the volume");
+    let deadline = std::time::Instant::now() + LINE;
+    while counter().unwrap_or(0) <= at {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy wrote nothing after {at}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", moved.pid)).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")),
+        "{status}"
+    );
+    drop(_tree);
+    common::assert_no_criu_left().await;
+}

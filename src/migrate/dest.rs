@@ -6,15 +6,14 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
+use super::restore::{Restore, Restored, restore_holding};
 use super::wire::{self, Msg};
 use super::{DEFAULT_DEADLINE, Link, Security, insecure_allowed};
 use super::{rounds, tunnel};
 use crate::criu::Criu;
 use crate::error::{Error, RequestState, Result, Side, chain};
 use crate::lazy::LazyPagesOptions;
-use crate::notify::{Hooks, Notification, Reply};
 use crate::options::{CpuinfoOptions, RestoreOptions};
-use crate::process::Held;
 
 /// The largest image file accepted over the control connection (pages go to the
 /// page server, not here).
@@ -224,6 +223,7 @@ impl Destination {
             lazy,
             memory_bytes,
             pre_copy,
+            bundle,
         } = hello
         else {
             return Err(failed(
@@ -293,6 +293,10 @@ impl Destination {
             .shell_job(shell_job)
             .file_locks(file_locks)
             .ext_unix_sk(ext_unix_sk);
+        let restore = Restore {
+            plain: restore,
+            bundle,
+        };
         let result = if lazy {
             self.receive_lazy(&mut link, &dir, restore, progress).await
         } else {
@@ -403,7 +407,7 @@ impl Destination {
         link: &mut Box<dyn Link>,
         local: IpAddr,
         dir: &Path,
-        restore: RestoreOptions,
+        restore: Restore,
         pre_copy: bool,
     ) -> std::result::Result<(Restored, u64), (Side, String)> {
         let link_err = |e: std::io::Error| (Side::Link, format!("the control connection: {e}"));
@@ -438,7 +442,7 @@ impl Destination {
         let waited = rounds::page_server_end(ps, PAGE_SERVER_END).await;
         let file_bytes = files?;
         waited?;
-        let restored = restore_holding(&self.criu, restore).await?;
+        let restored = restore_holding(&self.criu, restore.options(dir)?).await?;
         wire::send(
             link,
             &Msg::Restored {
@@ -459,7 +463,7 @@ impl Destination {
         &self,
         link: &mut Box<dyn Link>,
         dir: &Path,
-        restore: RestoreOptions,
+        restore: Restore,
         progress: &mut Progress,
     ) -> std::result::Result<(Restored, u64), (Side, String)> {
         let here = |why: String| (Side::Destination, why);
@@ -500,7 +504,13 @@ impl Destination {
         }
         tracing::debug!("the source serves its pages: restoring");
         let criu = &self.criu;
-        let restore = restore_holding(criu, restore.lazy_pages(true));
+        let restore = match restore.options(dir) {
+            Ok(opts) => restore_holding(criu, opts.lazy_pages(true)),
+            Err(f) => {
+                daemon.kill().await;
+                return Err(f);
+            }
+        };
         let result = tunnel::destination(link, relay, daemon, restore, &mut progress.running).await;
         match result {
             Ok(_) => {
@@ -626,52 +636,5 @@ pub(super) fn failed(side: Side, reason: String) -> Error {
 fn remove(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a failed migration's images");
-    }
-}
-
-/// A restored root, held from criu's `post-restore` hook on, so that it can be killed
-/// (with its descendants) wherever it was re-parented since.
-pub(super) type Restored = Held;
-
-/// Restores, holding the restored root.
-async fn restore_holding(
-    criu: &Criu,
-    opts: RestoreOptions,
-) -> std::result::Result<Restored, (Side, String)> {
-    let mut pin = Pin(None);
-    let out = criu
-        .restore_with(opts, &mut pin)
-        .await
-        .map_err(|e| (Side::Destination, format!("restore: {}", chain(&e))))?;
-    let me = std::process::id() as i32;
-    match pin.0.filter(|h| h.pid() == out.pid) {
-        Some(held) => Ok(held),
-        None => match Held::child_of(out.pid, &[1, me]) {
-            Some(held) => Ok(held),
-            None => {
-                // Running, but not ours to kill later: not kept. Killed now, by
-                // pid, a moment after criu named it.
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(out.pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                Err((
-                    Side::Destination,
-                    format!("restored pid {} could not be held; killed it", out.pid),
-                ))
-            }
-        },
-    }
-}
-
-/// Takes hold of the restored root at `post-restore`.
-struct Pin(Option<Held>);
-
-impl Hooks for Pin {
-    async fn on_notify(&mut self, n: Notification) -> Reply {
-        if let Notification::PostRestore { pid } = n {
-            self.0 = Held::restored_here(pid);
-        }
-        Reply::ok()
     }
 }

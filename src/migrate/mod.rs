@@ -76,6 +76,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 mod dest;
 mod precopy;
 mod progress;
+mod restore;
 mod rounds;
 mod source;
 mod tls;

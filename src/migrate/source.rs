@@ -39,6 +39,7 @@ pub struct Migration {
     work_dir: Option<PathBuf>,
     lazy: bool,
     pre_copy: Option<PreCopyPolicy>,
+    container: Option<crate::oci::Container>,
     progress: Option<mpsc::UnboundedSender<Progress>>,
 }
 
@@ -101,6 +102,7 @@ impl Migration {
             work_dir: None,
             lazy: false,
             pre_copy: None,
+            container: None,
             progress: None,
         }
     }
@@ -116,6 +118,17 @@ impl Migration {
     /// connected or frozen. Not with [`lazy`](Self::lazy).
     pub fn pre_copy(mut self, policy: PreCopyPolicy) -> Self {
         self.pre_copy = Some(policy);
+        self
+    }
+
+    /// Moves an OCI container (its init is the migration's pid): dumped with the
+    /// options its bundle calls for ([`Container::dump_options`](crate::oci::Container::dump_options)),
+    /// restored on the destination from the same bundle path
+    /// ([`ContainerRestore`](crate::oci::ContainerRestore)), which must hold the
+    /// same bundle there.
+    pub fn container(mut self, container: crate::oci::Container) -> Self {
+        self.pid = container.pid();
+        self.container = Some(container);
         self
     }
 
@@ -293,6 +306,7 @@ impl Migration {
                 lazy: self.lazy,
                 memory_bytes,
                 pre_copy: self.pre_copy.is_some(),
+                bundle: self.container.as_ref().map(|c| c.bundle().to_owned()),
             },
         )
         .await
@@ -336,7 +350,11 @@ impl Migration {
         }
         let planned = Instant::now();
         tracing::info!(port, took = ?planned - connected, "the destination is ready");
-        let mut opts = DumpOptions::new(self.pid)
+        let base = match &self.container {
+            Some(c) => c.dump_options()?,
+            None => DumpOptions::new(self.pid),
+        };
+        let mut opts = base
             .images_dir(&images)
             .tcp_established(self.tcp_established)
             .shell_job(self.shell_job)

@@ -47,6 +47,9 @@ pub(crate) enum Msg {
         /// Pre-copy: rounds of pre-dumps come first (`Round`...), then `Final`.
         #[serde(default)]
         pre_copy: bool,
+        /// An OCI container: its bundle, at the same path on the destination.
+        #[serde(default)]
+        bundle: Option<std::path::PathBuf>,
     },
     /// Pre-copy: start a page server for round `round` (into `ID/<round>`, its
     /// parent `../<round - 1>`); answered with `Ready`.

@@ -198,6 +198,10 @@ pub struct MigrateArgs {
     /// (needs the kernel's dirty-memory tracking; refused without it).
     #[arg(long, conflicts_with = "lazy")]
     pub pre_copy: bool,
+    /// The tree is the OCI container whose bundle (holding config.json) is DIR; the
+    /// destination restores it from the same path.
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
 }
 
 /// How `dump-many` and `restore-many` schedule their targets.

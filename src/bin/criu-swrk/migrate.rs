@@ -102,6 +102,15 @@ pub async fn migrate(criu: &Criu, a: MigrateArgs, json: bool) -> bool {
         .tcp_established(a.tcp_established)
         .shell_job(a.shell_job)
         .lazy(a.lazy);
+    if let Some(bundle) = &a.bundle {
+        match criu_swrk::oci::Container::from_bundle(bundle, a.pid) {
+            Ok(c) => m = m.container(c),
+            Err(e) => {
+                eprintln!("criu-swrk: migrate {}: {}", a.pid, report::chain(&e));
+                return false;
+            }
+        }
+    }
     if a.pre_copy {
         m = m.pre_copy(criu_swrk::migrate::PreCopyPolicy::default());
     }
