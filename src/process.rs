@@ -615,7 +615,7 @@ impl Drop for Child {
 }
 
 mod reaper;
-pub(crate) use reaper::{settle, sweep};
+pub(crate) use reaper::settle;
 #[cfg(test)]
 mod tests;
 

@@ -216,9 +216,6 @@ impl Supervised {
             }
         };
         tracing::debug!(criu.pid = self.pid, ?status, "reaped criu");
-        if let Some(pid) = self.pid {
-            crate::process::sweep(pid);
-        }
         // Give the stderr reader a moment to collect criu's last words.
         self.stderr.settle().await;
         status
@@ -228,9 +225,6 @@ impl Supervised {
     pub(crate) async fn wait(mut self) -> Option<ExitStatus> {
         let status = self.child.wait().await.ok();
         tracing::debug!(criu.pid = self.pid, ?status, "reaped criu");
-        if let Some(pid) = self.pid {
-            crate::process::sweep(pid);
-        }
         self.stderr.settle().await;
         status
     }

@@ -27,9 +27,6 @@ struct Orphan {
 /// What the reaper is handed.
 enum Job {
     Orphan(Orphan),
-    /// A criu reaped by its owner: helpers it left behind in its process group and
-    /// re-parented to us (a subreaper) are reaped as they exit.
-    Sweep(libc::pid_t),
 }
 
 struct Reaper {
@@ -68,14 +65,6 @@ pub(super) fn adopt(pid: libc::pid_t, pidfd: Option<OwnedFd>) {
                 unsafe { libc::waitpid(pid, &mut raw, 0) };
                 PENDING.fetch_sub(1, Ordering::SeqCst);
             });
-    }
-}
-
-/// After criu `pgid` (a group leader of ours) was reaped: its helpers that outlive
-/// it come to us when we are a subreaper, and are reaped for a while.
-pub(crate) fn sweep(pgid: libc::pid_t) {
-    if is_subreaper() {
-        hand(Job::Sweep(pgid));
     }
 }
 
@@ -122,10 +111,6 @@ fn run(rx: Receiver<Job>, wake: OwnedFd) {
         for job in rx.try_iter() {
             match job {
                 Job::Orphan(o) => orphans.push(o),
-                Job::Sweep(pgid) => groups.push(Group {
-                    pgid,
-                    until: Instant::now() + Duration::from_millis(500),
-                }),
             }
         }
 
