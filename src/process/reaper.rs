@@ -24,13 +24,8 @@ struct Orphan {
     pidfd: Option<OwnedFd>,
 }
 
-/// What the reaper is handed.
-enum Job {
-    Orphan(Orphan),
-}
-
 struct Reaper {
-    tx: Mutex<Sender<Job>>,
+    tx: Mutex<Sender<Orphan>>,
     wake: EventFd,
 }
 
@@ -56,7 +51,7 @@ pub(crate) fn settle(within: Duration) -> bool {
 /// Falls back to a blocking wait on a thread of its own if the reaper cannot start.
 pub(super) fn adopt(pid: libc::pid_t, pidfd: Option<OwnedFd>) {
     PENDING.fetch_add(1, Ordering::SeqCst);
-    if !hand(Job::Orphan(Orphan { pid, pidfd })) {
+    if !hand(Orphan { pid, pidfd }) {
         let _ = std::thread::Builder::new()
             .name("criu-waitpid".into())
             .spawn(move || {
@@ -68,13 +63,13 @@ pub(super) fn adopt(pid: libc::pid_t, pidfd: Option<OwnedFd>) {
     }
 }
 
-fn hand(job: Job) -> bool {
+fn hand(orphan: Orphan) -> bool {
     let reaper = REAPER.get_or_init(start);
     reaper.as_ref().ok().is_some_and(|r| {
         let sent =
             r.tx.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .send(job)
+                .send(orphan)
                 .is_ok();
         sent && r.wake.write(1).is_ok()
     })
@@ -100,7 +95,7 @@ struct Group {
     until: Instant,
 }
 
-fn run(rx: Receiver<Job>, wake: OwnedFd) {
+fn run(rx: Receiver<Orphan>, wake: OwnedFd) {
     let mut orphans: Vec<Orphan> = Vec::new();
     let mut groups: Vec<Group> = Vec::new();
     loop {
@@ -108,11 +103,7 @@ fn run(rx: Receiver<Job>, wake: OwnedFd) {
         let mut counter = [0u8; 8];
         // SAFETY: reading 8 bytes into our buffer from our non-blocking eventfd.
         unsafe { libc::read(wake.as_raw_fd(), counter.as_mut_ptr().cast(), 8) };
-        for job in rx.try_iter() {
-            match job {
-                Job::Orphan(o) => orphans.push(o),
-            }
-        }
+        orphans.extend(rx.try_iter());
 
         orphans.retain(|o| {
             match exited_unreaped(o.pid) {
