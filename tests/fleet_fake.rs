@@ -68,8 +68,9 @@ fn targets(dirs: &[tempfile::TempDir]) -> Vec<DumpOptions> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_batch_of_dumps_runs_each_on_its_own_criu_at_most_jobs_at_once() {
+/// Counts the peers between a dump request's arrival and its answer, each pausing
+/// `pause` inside; returns (the criu, its peers, the most seen at once).
+fn counted_dump_peers(pause: Duration) -> (criu_swrk::Criu, Peers, Arc<AtomicUsize>) {
     let running = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
     let (r, m) = (running.clone(), most.clone());
@@ -83,7 +84,7 @@ async fn a_batch_of_dumps_runs_each_on_its_own_criu_at_most_jobs_at_once() {
             let now = r.fetch_add(1, Ordering::SeqCst) + 1;
             m.fetch_max(now, Ordering::SeqCst);
             assert_eq!(p.notify("pre-dump", None).await.notify_success, Some(true));
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
             assert_eq!(p.notify("post-dump", None).await.notify_success, Some(true));
             r.fetch_sub(1, Ordering::SeqCst);
             p.send(&resp(CriuReqType::Dump, true)).await;
@@ -91,6 +92,12 @@ async fn a_batch_of_dumps_runs_each_on_its_own_criu_at_most_jobs_at_once() {
             p
         }
     });
+    (criu, peers, most)
+}
+
+#[tokio::test]
+async fn a_batch_of_dumps_runs_each_on_its_own_criu_at_most_jobs_at_once() {
+    let (criu, peers, most) = counted_dump_peers(Duration::from_millis(20));
     let dirs: Vec<_> = (0..6).map(|_| images_dir()).collect();
     let (events, results) = drain(Fleet::new(criu).jobs(2).dump(targets(&dirs))).await;
     let peers = peers.finish().await;
@@ -120,6 +127,23 @@ async fn a_batch_of_dumps_runs_each_on_its_own_criu_at_most_jobs_at_once() {
     for p in &peers {
         assert_eq!(p.answers(), [true, true]);
     }
+}
+
+#[tokio::test]
+async fn without_jobs_a_batch_starts_two_per_cpu_and_never_runs_more_than_four() {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let (criu, peers, most) = counted_dump_peers(Duration::from_millis(150));
+    let n = 6 * cpus;
+    let dirs: Vec<_> = (0..n).map(|_| images_dir()).collect();
+    let (_, results) = drain(Fleet::new(criu).dump(targets(&dirs))).await;
+    let peers = peers.finish().await;
+
+    assert_eq!(peers.len(), n, "one criu per target");
+    assert!(results.values().all(|r| r.is_ok()), "{results:?}");
+    let most = most.load(Ordering::SeqCst);
+    // The first wave alone holds two per CPU at once (each pauses 150 ms).
+    assert!(most >= 2 * cpus, "at most {most} at once on {cpus} CPUs");
+    assert!(most <= 4 * cpus, "{most} at once on {cpus} CPUs");
 }
 
 #[tokio::test]

@@ -204,10 +204,13 @@ impl Fleet {
 
     /// How many criu processes may run at once (at least 1).
     ///
-    /// Unset, a batch chooses: it starts with one per CPU this process may use, then
-    /// after each target looks at how idle the CPUs were meanwhile (`/proc/stat`,
-    /// idle time only): a whole CPU idle on average opens one more slot, up to two per
-    /// CPU; less than a quarter of one closes a slot again, down to one per CPU.
+    /// Unset, a batch chooses: it starts with two per CPU this process may use (a
+    /// criu dump spends about a fifth of its time off the CPU), then after each
+    /// target looks at how idle the CPUs were meanwhile (`/proc/stat`, idle time
+    /// only): a quarter of a CPU idle on average opens one more slot, up to four per
+    /// CPU; saturated CPUs (less than a twentieth of one idle) close a slot again,
+    /// down to one per CPU. More at once shortens the batch but keeps each tree
+    /// frozen longer: give `jobs` when each tree's downtime matters more.
     pub fn jobs(mut self, jobs: usize) -> Self {
         self.jobs = Jobs::Fixed(jobs.max(1));
         self

@@ -207,9 +207,9 @@ pub struct MigrateArgs {
 /// How `dump-many` and `restore-many` schedule their targets.
 #[derive(Debug, Args)]
 pub struct BatchArgs {
-    /// How many criu processes may run at once. Default: one per CPU to start
-    /// with, one more while a whole CPU sits idle (up to two per CPU), one fewer
-    /// when none does.
+    /// How many criu processes may run at once. Default: two per CPU to start
+    /// with, one more while a quarter of a CPU sits idle (up to four per CPU), one
+    /// fewer while the CPUs are saturated (down to one per CPU).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
     /// Which targets start first: the largest (by resident memory, or by the size
