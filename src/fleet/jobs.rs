@@ -10,8 +10,8 @@
 //! is not spare CPU): a quarter of a CPU or more idle on average, and one more slot
 //! opens, up to four per CPU; less than a twentieth of a CPU idle (the CPUs are
 //! saturated, by the batch or by others), and one closes, down to one per CPU. Looks
-//! shorter than 50 ms are merged into the next one, so that a burst of tiny targets
-//! does not steer it on noise.
+//! shorter than 100 ms (ten ticks of `/proc/stat` per CPU) are merged into the next
+//! one, so that a burst of tiny targets does not steer it on noise.
 
 use std::time::{Duration, Instant};
 
