@@ -1,6 +1,7 @@
 //! OCI containers made by Debian's runc, checkpointed and restored through
 //! `criu_swrk::oci` from their bundle (real criu, root): a counter on pipes, a volume
-//! and a tmpfs, a terminal, a mount criu cannot handle.
+//! and a tmpfs, a terminal, a mount criu cannot handle; and a container migrated, by the
+//! library and by `criu-swrk migrate --bundle`.
 
 mod common;
 
@@ -298,34 +299,81 @@ async fn a_bundle_with_a_mount_criu_cannot_handle_is_refused_before_the_containe
 #[tokio::test]
 #[ignore = "real criu: needs root and criu; scripts/test runs it (--include-ignored)"]
 async fn a_container_migrates_from_its_bundle_and_writes_on_to_its_volume() {
-    use criu_swrk::migrate::{Destination, Migration, Security};
     let env = common::env();
-    let id = unique_id("oci-migrate");
-    let volume = env.subdir("volume");
+    migrate_container(&env, false).await;
+    // The same through `criu-swrk migrate --bundle`.
+    migrate_container(&env, true).await;
+}
+
+/// A runc container with a volume migrated over loopback into a destination in this
+/// process, by the library or (`cli`) by `criu-swrk --json migrate --bundle`: the
+/// source's init is gone, and the copy writes on to the volume, with NSpid 1.
+async fn migrate_container(env: &common::Env, cli: bool) {
+    use criu_swrk::migrate::{Destination, Migration, Security};
+    let tag = if cli { "-cli" } else { "" };
+    let id = unique_id(&format!("oci-migrate{tag}"));
+    let sub = |name: &str| env.subdir(&format!("{name}{tag}"));
+    let volume = sub("volume");
     let spec = BundleSpec {
         volume: Some(volume.clone()),
         args: Some(common::runc::default_loop(true, false)),
         ..Default::default()
     };
-    let bundle = Bundle::build(&env.subdir("bundle"), spec);
+    let bundle = Bundle::build(&sub("bundle"), spec);
     let mut container = Container::run(&bundle, &id);
     next_tick(container.output()).await;
-    let root = env.subdir("incoming");
+    let root = sub("incoming");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let dest = Destination::new(env.criu.clone(), &root, Security::Insecure);
     let served = tokio::spawn(async move { dest.accept(&listener).await });
-    let found = oci::Container::from_bundle(&bundle.dir, container.pid()).unwrap();
-    let moved = Migration::new(container.pid(), addr, Security::Insecure)
-        .container(found)
-        .id("container")
-        .run(&env.criu)
-        .await
-        .unwrap_or_else(|e| panic!("migration: {e}"));
+    let moved_pid = if cli {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_criu-swrk"))
+            .args([
+                "--json",
+                "migrate",
+                "--insecure",
+                "--id",
+                "container",
+                "--bundle",
+            ])
+            .arg(&bundle.dir)
+            .args([
+                "--pid",
+                &container.pid().to_string(),
+                "--to",
+                &addr.to_string(),
+            ])
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let result: serde_json::Value = text
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no result line: {text}; {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        assert_eq!(result["ok"], true, "{result}");
+        result["restored_pid"].as_i64().expect("restored_pid") as i32
+    } else {
+        let found = oci::Container::from_bundle(&bundle.dir, container.pid()).unwrap();
+        Migration::new(container.pid(), addr, Security::Insecure)
+            .container(found)
+            .id("container")
+            .run(&env.criu)
+            .await
+            .unwrap_or_else(|e| panic!("migration: {e}"))
+            .pid
+    };
     let arrived = served.await.unwrap().unwrap();
-    assert_eq!(arrived.pid, moved.pid);
-    let _cgroups = Cgroups::of(moved.pid);
-    let _tree = RestoredTree { pid: moved.pid };
+    assert_eq!(arrived.pid, moved_pid);
+    let _cgroups = Cgroups::of(moved_pid);
+    let _tree = RestoredTree { pid: moved_pid };
     // The source container is gone; runc still lists it, stopped.
     assert!(
         !Path::new(&format!("/proc/{}", container.pid())).exists() || {
@@ -350,7 +398,7 @@ async fn a_container_migrates_from_its_bundle_and_writes_on_to_its_volume() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", moved.pid)).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{moved_pid}/status")).unwrap();
     assert!(
         status
             .lines()
