@@ -95,6 +95,16 @@ impl Conn {
             .expect("a request is in flight while its exchange runs")
     }
 
+    /// A staged dump's images move into place at its commit point: `post-dump`
+    /// answered, or for a lazy dump criu's final success.
+    fn publish_if_committed(&mut self) {
+        if self.exchange.as_ref().is_some_and(Exchange::is_committed)
+            && let Some(staging) = self.staging.as_mut()
+        {
+            staging.publish();
+        }
+    }
+
     /// The caller's account of the request that ended in `state`.
     pub(crate) fn interruption(&self, state: RequestState) -> Interruption {
         match &self.exchange {
@@ -122,7 +132,8 @@ impl Conn {
         hooks: &mut H,
     ) -> Result<Answer> {
         self.transport(kind)?;
-        self.exchange = Some(Exchange::new(kind));
+        let lazy = req.opts.as_ref().and_then(|o| o.lazy_pages) == Some(true);
+        self.exchange = Some(Exchange::new(kind).lazy(lazy));
         if let Err(e) = self.transport(kind)?.send(&codec::encode(req)).await {
             return Err(self.send_failed(kind, e).await);
         }
@@ -160,6 +171,7 @@ impl Conn {
                         continue;
                     }
                     let state = self.exchange_mut().finish(resp.success);
+                    self.publish_if_committed();
                     return Ok(Answer {
                         resp,
                         hook_failure,
@@ -196,11 +208,7 @@ impl Conn {
                         return Err(self.send_failed(kind, e).await);
                     }
                     self.exchange_mut().answered(ok);
-                    if self.exchange_mut().is_committed()
-                        && let Some(staging) = self.staging.as_mut()
-                    {
-                        staging.publish();
-                    }
+                    self.publish_if_committed();
                     if ready && let Some(resp) = held.take() {
                         let state = self.exchange_mut().finish(true);
                         return Ok(Answer {
@@ -297,6 +305,7 @@ impl Conn {
             Some(resp) => x.finish(resp.success),
             None => x.lost(),
         };
+        self.publish_if_committed();
         if final_resp.is_none() {
             self.stop_now().await;
         } else {

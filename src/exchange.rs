@@ -11,7 +11,11 @@
 //!   that hook is answered nothing is touched, and criu may simply be stopped.
 //! * the **commit point**: once `post-dump` is answered with success criu kills the
 //!   tree (unless `leave_running`); once `post-restore` is, the restored tree will run
-//!   (criu ignores a failed `pre-resume`, `post-resume` and `network-unlock`).
+//!   (criu ignores a failed `pre-resume`, `post-resume` and `network-unlock`). A lazy
+//!   dump (`lazy_pages`) commits only with criu's final success: after `post-dump` it
+//!   serves the pages, and if that fails it resumes the tree (cr-dump.c sets the
+//!   tree's final state after `cr_lazy_mem_dump`); criu lost meanwhile leaves it
+//!   unknown.
 //!
 //! In between, a hook answered with failure makes criu undo the request. A pre-dump
 //! sends no hook at all, so it counts as touched from the moment it is sent.
@@ -47,6 +51,8 @@ pub(crate) enum OnInterrupt {
 #[derive(Debug, Clone)]
 pub(crate) struct Exchange {
     kind: RequestKind,
+    /// A lazy dump: `post-dump` is not its commit point.
+    lazy: bool,
     phase: Phase,
     /// The hook criu waits at, until it is answered.
     pending: Option<String>,
@@ -70,6 +76,7 @@ impl Exchange {
         };
         Exchange {
             kind,
+            lazy: false,
             phase,
             pending: None,
             interrupted_at: None,
@@ -77,6 +84,12 @@ impl Exchange {
             pid: None,
             outcome: None,
         }
+    }
+
+    /// The request is a lazy dump (see the module docs).
+    pub(crate) fn lazy(mut self, lazy: bool) -> Self {
+        self.lazy = lazy;
+        self
     }
 
     pub(crate) fn kind(&self) -> RequestKind {
@@ -88,9 +101,9 @@ impl Exchange {
         self.pending.as_deref()
     }
 
-    /// The request is past its commit point.
+    /// The request is past its commit point, or criu's final answer committed it.
     pub(crate) fn is_committed(&self) -> bool {
-        self.phase == Phase::Committed
+        self.phase == Phase::Committed || self.outcome == Some(RequestState::Committed)
     }
 
     /// The exchange is over: criu answered, or went away.
@@ -132,6 +145,7 @@ impl Exchange {
     /// The hook whose success commits the request.
     fn commit_hook(&self) -> Option<&'static str> {
         match self.kind {
+            RequestKind::Dump if self.lazy => None,
             RequestKind::Dump => Some("post-dump"),
             RequestKind::Restore => Some("post-restore"),
             _ => None,
@@ -310,6 +324,34 @@ mod tests {
         assert!(x.wind_down_answer());
         x.answered(true);
         assert_eq!(x.finish(true), RequestState::Committed);
+    }
+
+    #[test]
+    fn a_lazy_dump_commits_only_with_criu_s_final_success() {
+        let lazy = || {
+            let mut x = Exchange::new(RequestKind::Dump).lazy(true);
+            for hook in ["pre-dump", "query-ext-files", "post-dump"] {
+                x.notified(hook, None);
+                x.answered(true);
+            }
+            x
+        };
+        let mut x = lazy();
+        // Serving its pages: criu resumes the tree if that fails, so nothing is
+        // committed yet, and criu lost now leaves the tree in doubt.
+        assert!(!x.is_committed());
+        assert_eq!(
+            x.interrupt(),
+            OnInterrupt::WindDown {
+                answer: false,
+                pending: false
+            }
+        );
+        assert_eq!(x.clone().lost(), RequestState::Unknown);
+        assert_eq!(x.finish(true), RequestState::Committed);
+        assert!(x.is_committed());
+        // The transfer failed: criu resumed the tree.
+        assert_eq!(lazy().finish(false), RequestState::RolledBack);
     }
 
     #[test]

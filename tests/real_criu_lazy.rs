@@ -200,3 +200,49 @@ async fn remote_post_copy_serves_pages_from_the_dumping_side() {
     restored.assert_alive_and_intact();
     common::assert_no_criu_left().await;
 }
+
+#[tokio::test]
+#[ignore = "real criu: needs root and criu; scripts/test runs it (--include-ignored)"]
+async fn criu_killed_while_a_lazy_dump_serves_its_pages_is_unknown_and_the_tree_runs_on() {
+    // A lazy dump commits only when criu has served every page: until then it resumes
+    // the tree on failure. criu killed after post-dump must not read as committed.
+    let env = common::env();
+    let _pipes = common::PipeMaxSize::set(4 << 20);
+    let target = env.workload(16);
+    let images = env.subdir("lazy-killed");
+    let session = env.criu.session().expect("criu");
+    let criu_pid = session.criu_pid().expect("criu's pid");
+    let port = free_port();
+    let opts = DumpOptions::new(target.pid)
+        .images_dir(&images)
+        .staged(true)
+        .lazy_pages(true)
+        .page_server("127.0.0.1", port);
+    let killer = async {
+        // Listening means post-dump was answered: criu now waits for the daemon.
+        wait_listening(port).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(criu_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    };
+    let (res, ()) = futures::future::join(session.dump(opts), killer).await;
+    let err = res.expect_err("criu was killed");
+    assert_eq!(
+        err.request_state(),
+        Some(criu_swrk::RequestState::Unknown),
+        "{err}"
+    );
+    common::assert_no_criu_left().await;
+    target.assert_alive_and_intact();
+    // Not committed: nothing was published as a dump, and the staging went.
+    assert!(!images.join("inventory.img").exists());
+    let parent = images.parent().unwrap();
+    let partial: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}");
+}

@@ -247,7 +247,10 @@ impl Session {
     ///   ([`RequestState::Unknown`](crate::RequestState::Unknown));
     /// * once `post-dump` was answered with success the dump is committed: it is let
     ///   finish and its outcome is returned (images complete, the tree gone unless
-    ///   `leave_running`).
+    ///   `leave_running`). A lazy dump ([`DumpOptions::lazy_pages`](crate::DumpOptions::lazy_pages))
+    ///   then serves its pages and commits only with criu's final success: criu
+    ///   resumes the tree if the transfer fails (**rolled back**), and criu lost
+    ///   meanwhile is [`RequestState::Unknown`](crate::RequestState::Unknown).
     ///
     /// So a timed-out dump returns within its timeout (plus a moment to reap criu)
     /// before `pre-dump`, and within timeout + grace after it.
